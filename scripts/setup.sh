@@ -17,7 +17,7 @@ BUILD="$VENV/.h3r_build"
 log() { printf '[setup] %s\n' "$*"; }
 
 # Each step runs only when the hash of its inputs differs from its stamp.
-inputs_hash() { (cd "$ROOT" && for p in "$@"; do [[ -e "$p" ]] && echo "$p"; done | xargs -r -I{} find {} -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1; }
+inputs_hash() { (cd "$ROOT" && for p in "$@"; do if [[ -e "$p" ]]; then echo "$p"; fi; done | xargs -r -I{} find {} -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1; }
 stamp_ok() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
 stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 
@@ -35,8 +35,9 @@ PY="$VENV/bin/python"
 h=$(inputs_hash requirements.lock)
 if ! stamp_ok requirements "$h"; then
   log "installing pinned dependencies (requirements.lock)"
-  "$PY" -m pip install --quiet --disable-pip-version-check pip==26.3
-  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
+  # (pip's notices about this machine's optional local index folders are noise)
+  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock" 2>&1 \
+    | { grep -v '^WARNING: Location .* is ignored' || true; }
   "$PY" - <<'PYCHECK'
 import torch
 if torch.version.cuda is not None:
