@@ -1,0 +1,320 @@
+"""Streaming Human3R: one RGB frame in, cameras, points and people out (spec §2, §4, §5).
+
+The engine owns everything the official ``forward_recurrent_lighter`` loop carries between
+views: the recurrent state and pose memory (with their initial values for resets), the
+"previous view reset" flag, the view counter and the id tracker. It reproduces the demo's
+automatic reset scheme online: on a reset frame the model runs with the old state, the state
+is reset, and an overlap copy of the same frame starts the new segment; poses are chained
+across segments so the world stays continuous.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model.human3r import EXTRA_OUTPUTS
+from .body_model import BodyModel
+from .geometry import PoseChain, estimate_focal, intrinsics, pose_encoding_to_c2w, principal_point, transform_points
+from .preprocess import pad_image, resize_and_crop, to_model_input, unpad_image, unpad_uv
+from .result import FrameResult, Person
+from .tracking import Tracker
+
+# Model outputs the engine reports (the rest, e.g. the new state, stays on the device).
+_REPORTED_OUTPUTS = frozenset(
+    {"camera_pose", "pts3d_in_self_view", "conf_self", "msk", "smpl_scores", "smpl_loc", "smpl_rotmat",
+     "smpl_shape", "smpl_expression", "smpl_transl"}
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    size: int = 512  # long side of the model input (the demo's --size)
+    ttt3r: bool = True  # TTT3R per-token state update rate (demo --use_ttt3r)
+    reset_interval: int = 100  # automatic state reset every N frames; 0 disables
+    device: str = "cpu"
+    dtype: str = "float32"  # model weights/activations: float32 (reference) or bfloat16
+    with_points: bool = True  # per-pixel points (camera + world) and confidence
+    with_human_mask: bool = False  # per-pixel human probability on the model input
+    with_vertices: bool = False  # SMPL-X meshes (the skeleton is always computed)
+    # At most this many people per frame, the best-scoring ones (None: every detection, as
+    # the official code). Bounds the per-frame cost in crowds or with untrained weights.
+    max_humans: int | None = None
+    # Model outputs the demo does not use, returned in FrameResult.extras:
+    # 'pts3d_in_other_view' (directly regressed world points, engine world frame),
+    # 'conf' (their confidence), 'rgb' (reconstructed input colours in [-1, 1]).
+    extra_outputs: frozenset[str] = frozenset()
+    # Rigid 4x4 applied on top of the model's world (OpenCV axes, first camera of the
+    # session); e.g. the optical -> ROS axis change so every world output is ROS-aligned.
+    world_from_model: tuple[tuple[float, ...], ...] = tuple(tuple(row) for row in np.eye(4))
+    # Synchronise the device at stage boundaries so FrameResult.timings are per stage; without
+    # it, queued GPU work is charged to whichever stage waits for it first.
+    sync_timings: bool = False
+
+    def __post_init__(self):
+        if self.size <= 0 or self.size % 16:
+            raise ValueError(f"size must be a positive multiple of 16, got {self.size}")
+        if self.reset_interval < 0:
+            raise ValueError(f"reset_interval must be >= 0, got {self.reset_interval}")
+        if self.max_humans is not None and self.max_humans < 0:
+            raise ValueError(f"max_humans must be >= 0 or None, got {self.max_humans}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        unknown = set(self.extra_outputs) - EXTRA_OUTPUTS
+        if unknown:
+            raise ValueError(f"unknown extra outputs {sorted(unknown)}; choose from {sorted(EXTRA_OUTPUTS)}")
+        object.__setattr__(self, "extra_outputs", frozenset(self.extra_outputs))
+        w = np.asarray(self.world_from_model, dtype=np.float64)
+        rot = w[:3, :3] if w.shape == (4, 4) else None
+        if (
+            rot is None
+            or not np.allclose(w[3], [0, 0, 0, 1])
+            or not np.allclose(rot @ rot.T, np.eye(3), atol=1e-6)
+            or np.linalg.det(rot) < 0
+        ):
+            raise ValueError("world_from_model must be a rigid 4x4 transform (rotation + translation)")
+        object.__setattr__(self, "world_from_model", tuple(tuple(float(x) for x in row) for row in w))
+
+
+@dataclass
+class _View:
+    """What the model returned for one view and whether the state was reset after it."""
+
+    out: dict[str, torch.Tensor]
+    reset: bool
+
+
+class _Timer:
+    def __init__(self, device: torch.device, sync: bool):
+        self._sync = sync and device.type == "cuda"
+        self._device = device
+        self.start = self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self._sync:
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def finish(self) -> dict[str, float]:
+        self.laps["total"] = self._last - self.start
+        return self.laps
+
+
+class Human3REngine:
+    """Runs a ``Human3R`` model frame by frame; see ``EngineConfig`` for what is computed."""
+
+    def __init__(
+        self, model: torch.nn.Module, config: EngineConfig = EngineConfig(), body_model: BodyModel | None = None
+    ):
+        self.device = torch.empty(0, device=config.device).device  # "cuda" -> "cuda:0"
+        self.dtype = DTYPES[config.dtype]
+        cfg = model.cfg
+        self._has_mask_head = getattr(cfg, "msk_head", True)
+        self.config = config
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.body_model = body_model
+        if body_model is not None and body_model.device != self.device:
+            raise ValueError(f"body model is on {body_model.device}, the engine on {self.device}")
+        self._mhmr_res = cfg.mhmr_img_res
+        self._tracker = Tracker(cfg.match_threshold, cfg.sinkhorn_iters, cfg.sinkhorn_alpha)
+        with torch.inference_mode():
+            state, self._mem_init = self.model.initial_state(device=self.device, dtype=self.dtype)
+        self._state_init = state.float()
+        self._chain = PoseChain()
+        self._frame_index = 0
+        self.reset()
+
+    @property
+    def config(self) -> EngineConfig:
+        """Output flags, TTT3R, the reset interval and the world frame may change between
+        steps (assign a new config); device and dtype are fixed when the engine is built."""
+        return self._config
+
+    @config.setter
+    def config(self, config: EngineConfig) -> None:
+        if torch.empty(0, device=config.device).device != self.device or DTYPES[config.dtype] != self.dtype:
+            raise ValueError("device and dtype cannot change after the engine is built")
+        if config.with_human_mask and not self._has_mask_head:
+            raise ValueError("with_human_mask needs a model with the mask head (msk_head=True)")
+        self._config = config
+        self._world_from_model = torch.tensor(config.world_from_model, dtype=torch.float32, device=self.device)
+
+    def reset(self) -> None:
+        """Start a new world: fresh state and memory, pose chain and tracks; the next
+        ``FrameResult`` has ``reset=True``."""
+        self._state, self._mem = self._state_init, self._mem_init
+        self._prev_reset = False
+        self._views_in_world = 0  # "first view" test of the model (overlap views count)
+        self._frames_in_world = 0  # automatic reset schedule (overlap views do not count)
+        self._chain.clear()
+        self._tracker.reset()
+
+    @torch.inference_mode()
+    def step(self, rgb: np.ndarray, stamp: object = None) -> FrameResult:
+        """Process one RGB uint8 frame (H, W, 3) of any size; ``stamp`` is passed through."""
+        cfg = self.config
+        timer = _Timer(self.device, cfg.sync_timings)
+
+        cropped, crop = resize_and_crop(rgb, cfg.size)
+        img = to_model_input(cropped, self.device)
+        img_mhmr = pad_image(img, self._mhmr_res).to(self.dtype)
+        img = img.to(self.dtype)
+        timer.lap("preprocess")
+
+        new_world = self._frames_in_world == 0
+        auto_reset = cfg.reset_interval > 0 and (self._frames_in_world + 1) % cfg.reset_interval == 0
+        view = self._run_view(img, img_mhmr, auto_reset, cfg.extra_outputs)
+        # The overlap copy starts the new segment; only its tracker update is kept.
+        overlap = self._run_view(img, img_mhmr, False, frozenset()) if auto_reset else None
+        timer.lap("model")
+
+        tensors = self._postprocess(view, crop.input_size)
+        tensors["tokens"] = view.out["human_tokens"][0].float()
+        if overlap is not None:
+            tensors["overlap_tokens"] = overlap.out["human_tokens"][0].float()
+        timer.lap("postprocess")
+
+        host = _to_host(tensors)
+        timer.lap("transfer")
+
+        # Copies: the track bank outlives the frame and must not pin the whole host buffer.
+        ids = self._tracker.update(torch.tensor(host["tokens"])).tolist()
+        if overlap is not None:
+            self._tracker.update(torch.tensor(host["overlap_tokens"]))
+        timer.lap("tracking")
+
+        result = FrameResult(
+            index=self._frame_index,
+            stamp=stamp,
+            reset=new_world,
+            cam_to_world=host["cam_to_world"].astype(np.float64),
+            K=host["K"].astype(np.float64),
+            input_size=crop.input_size,
+            crop_box=crop.crop_box,
+            scale=crop.scale,
+            rgb=cropped,
+            points_cam=host.get("points_cam"),
+            points_world=host.get("points_world"),
+            conf=host.get("conf"),
+            human_mask=host.get("human_mask"),
+            people=self._people(host, ids),
+            extras={name: host["extra/" + name] for name in cfg.extra_outputs},
+        )
+        self._frame_index += 1
+        self._frames_in_world += 1
+        result.timings = timer.finish()
+        return result
+
+    def _run_view(self, img, img_mhmr, reset: bool, extra_outputs: frozenset[str]) -> _View:
+        """One model call and the recurrent update of spec §4.2."""
+        first = self._views_in_world == 0 or self._prev_reset
+        out = self.model.step(
+            img,
+            img_mhmr,
+            self._state,
+            self._mem,
+            first=first,
+            ttt3r=self.config.ttt3r,
+            extra_outputs=extra_outputs,
+            max_humans=self.config.max_humans,
+        )
+        # The state is carried in float32 whatever the model dtype, so the per-token blend
+        # does not accumulate bf16 rounding over a long sequence.
+        if self.config.ttt3r and not first:
+            rate = out["ttt3r_gate"].float()[..., None]  # per state token, broadcast over channels
+            self._state = rate * out["state_new"].float() + (1 - rate) * self._state
+        else:
+            self._state = out["state_new"].float()
+        self._mem = out["mem_new"]
+        if reset:
+            self._state, self._mem = self._state_init, self._mem_init
+        self._prev_reset = reset
+        self._views_in_world += 1
+        return _View(out, reset)
+
+    def _postprocess(self, view: _View, input_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Everything reported for the frame, still on the device (float32)."""
+        cfg = self.config
+        out = {k: v.float() for k, v in view.out.items() if k in _REPORTED_OUTPUTS | cfg.extra_outputs}
+        # Place the camera (this advances the pose chain when the view reset the state).
+        c2w = pose_encoding_to_c2w(out["camera_pose"][0])
+        segment_to_world = self._world_from_model
+        if self._chain.base is not None:
+            segment_to_world = segment_to_world @ self._chain.base
+        world_from_cam = self._world_from_model @ self._chain.apply(c2w, view.reset)
+        pts_cam = out["pts3d_in_self_view"][0]
+        pp = principal_point(*input_hw)
+        t = {"cam_to_world": world_from_cam, "K": intrinsics(estimate_focal(pts_cam, pp), pp)}
+
+        if cfg.with_points:
+            t["points_cam"] = pts_cam
+            t["points_world"] = transform_points(world_from_cam, pts_cam)
+            t["conf"] = out["conf_self"][0]
+        if cfg.with_human_mask:
+            t["human_mask"] = unpad_image(out["msk"].permute(0, 3, 1, 2), input_hw)[0, 0]
+        for name in cfg.extra_outputs:
+            t["extra/" + name] = out[name][0]
+            if name == "pts3d_in_other_view":
+                # Regressed in the segment's world frame, which the pose chain places in ours.
+                t["extra/" + name] = transform_points(segment_to_world, out[name][0])
+
+        n = out["smpl_transl"].shape[1]
+        if n == 0:
+            return t
+        # Detections are the post-NMS peaks; all other cells are below threshold, so the
+        # n largest scores, in raster order, belong to the n people.
+        scores = out["smpl_scores"].flatten()
+        cells = scores.topk(n).indices.sort().values
+        t["score"] = scores[cells]
+        t["rotmat"] = out["smpl_rotmat"][0]
+        t["betas"] = out["smpl_shape"][0]
+        t["expression"] = out["smpl_expression"][0]
+        t["head_cam"] = out["smpl_transl"][0]
+        t["head_pixel"] = unpad_uv(out["smpl_loc"][0], self._mhmr_res, input_hw)
+        if self.body_model is not None:
+            cam = self.body_model(t["rotmat"], t["betas"], t["expression"], t["head_cam"], cfg.with_vertices)
+            world = cam.transformed(world_from_cam)
+            t["joints_cam"] = cam.joints
+            t["joints_world"] = world.joints
+            t["full_pose_world"] = world.full_pose_rotvec
+            t["pelvis_rotation_world"] = world.full_pose[:, 0]
+            t["transl_world"] = world.transl
+            if cfg.with_vertices:
+                t["vertices_cam"] = cam.vertices
+                t["vertices_world"] = world.vertices
+        return t
+
+    @staticmethod
+    def _people(host: dict[str, np.ndarray], ids: list[int]) -> list[Person]:
+        optional = ("joints_cam", "joints_world", "full_pose_world", "transl_world", "pelvis_rotation_world",
+                    "vertices_cam", "vertices_world")  # absent without a body model / vertices
+        return [
+            Person(
+                track_id=track_id,
+                score=float(host["score"][k]),
+                rotmat=host["rotmat"][k],
+                betas=host["betas"][k],
+                expression=host["expression"][k],
+                head_cam=host["head_cam"][k],
+                head_pixel=host["head_pixel"][k],
+                **{name: host[name][k] if name in host else None for name in optional},
+            )
+            for k, track_id in enumerate(ids)
+        ]
+
+
+def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """One device -> host copy for all of a frame's outputs (packed as one float32 buffer)."""
+    buffer = torch.cat([t.reshape(-1).float() for t in tensors.values()]).cpu().numpy()
+    host, offset = {}, 0
+    for name, tensor in tensors.items():
+        host[name] = buffer[offset : offset + tensor.numel()].reshape(tensor.shape)
+        offset += tensor.numel()
+    return host

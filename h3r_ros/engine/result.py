@@ -1,0 +1,56 @@
+"""What one engine step returns: plain numpy arrays on the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Person:
+    """One detected person. ``*_world`` arrays are in the engine's world frame."""
+
+    track_id: int
+    score: float
+    # Model outputs, in the camera frame (OpenCV axes).
+    rotmat: np.ndarray  # (53, 3, 3): root, 21 body, 15 left hand, 15 right hand, jaw
+    betas: np.ndarray  # (10,)
+    expression: np.ndarray  # (10,)
+    head_cam: np.ndarray  # (3,) head joint position in the camera frame
+    head_pixel: np.ndarray  # (2,) detected head location (x, y) in model-input pixels
+    # SMPL-X skeleton (first 55 of the body model's joints). This block is None when the
+    # engine runs without a body model.
+    joints_cam: np.ndarray | None  # (55, 3)
+    joints_world: np.ndarray | None  # (55, 3)
+    # Vanilla SMPL-X parameters whose stock forward gives the world-frame mesh.
+    full_pose_world: np.ndarray | None  # (55, 3) axis-angle, joint 0 relative to the world frame
+    transl_world: np.ndarray | None  # (3,)
+    # Pelvis rotation in the world frame (SMPL-X body axes: x left, y up, z forward).
+    pelvis_rotation_world: np.ndarray | None  # (3, 3)
+    vertices_cam: np.ndarray | None = None  # (10475, 3), only when requested
+    vertices_world: np.ndarray | None = None  # (10475, 3), only when requested
+
+
+@dataclass
+class FrameResult:
+    """Everything the engine computed for one input frame."""
+
+    index: int  # running frame counter (overlap views are not counted)
+    stamp: object  # the caller's timestamp, passed through untouched
+    reset: bool  # first frame of a new world (manual reset); auto-resets are chained
+    cam_to_world: np.ndarray  # (4, 4) float64, OpenCV camera axes to world frame
+    K: np.ndarray  # (3, 3) intrinsics estimate at model-input resolution
+    input_size: tuple[int, int]  # (H, W) of the model input
+    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in resized-frame pixels
+    scale: float  # resized / original frame size
+    rgb: np.ndarray  # (H, W, 3) uint8 model input image, for colouring points
+    points_cam: np.ndarray | None  # (H, W, 3) float32, camera frame
+    points_world: np.ndarray | None  # (H, W, 3) float32, world frame
+    conf: np.ndarray | None  # (H, W) float32, >= 1
+    human_mask: np.ndarray | None  # (H, W) float32 probability, when requested
+    people: list[Person] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # stage name -> seconds
+    # Optional model outputs named in EngineConfig.extra_outputs: 'pts3d_in_other_view'
+    # (H, W, 3) world frame, 'conf' (H, W), 'rgb' (H, W, 3) in [-1, 1].
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
