@@ -1,0 +1,216 @@
+"""Engine results (numpy) -> ROS messages. Pure functions: no node, no clock, no I/O.
+
+Frames: the engine's world frame already has ROS axes (x forward, y left, z up); camera
+quantities are in the OpenCV optical frame (x right, y down, z forward). SMPL-X body axes
+(x left, y up, z forward of the body) are converted here for the pelvis orientation.
+"""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from geometry_msgs.msg import Point, Point32, Pose, PoseStamped, Quaternion, TransformStamped, Vector3
+from nav_msgs.msg import Path
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from h3r_ros.msg import Human, HumanArray
+
+HEAD_JOINT = 15
+NUM_JOINTS = 55
+
+# Columns are the ROS body axes (x forward, y left, z up) written in SMPL-X body axes
+# (x left, y up, z forward): R_world_body_ros = R_world_body_smplx @ ROS_FROM_SMPLX_BODY.
+ROS_FROM_SMPLX_BODY = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+# XYZ + packed RGB, the layout RViz and PCL read as "rgb" (REP-conventional point_step 16).
+CLOUD_FIELDS = [
+    PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
+    PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
+    PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
+    PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1),
+]
+CLOUD_POINT_STEP = 16
+
+
+def quaternion_from_matrix(rot: np.ndarray) -> tuple[float, float, float, float]:
+    """3x3 rotation -> unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method)."""
+    m = np.asarray(rot, dtype=np.float64)
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    # Pick the largest of w, x, y, z first so the division is well conditioned.
+    if trace > max(m[0, 0], m[1, 1], m[2, 2]):
+        s = 2.0 * np.sqrt(1.0 + trace)
+        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
+    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = (0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s)
+    elif m[1, 1] >= m[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = ((m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s)
+    else:
+        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = ((m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s)
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    if q[3] < 0:
+        q = -q
+    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
+
+
+def invert_transform(transform: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform."""
+    rot, trans = transform[:3, :3], transform[:3, 3]
+    out = np.eye(4)
+    out[:3, :3] = rot.T
+    out[:3, 3] = -rot.T @ trans
+    return out
+
+
+def _point(p) -> Point:
+    return Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+
+
+def pose_msg(rot: np.ndarray, position) -> Pose:
+    x, y, z, w = quaternion_from_matrix(rot)
+    return Pose(position=_point(position), orientation=Quaternion(x=x, y=y, z=z, w=w))
+
+
+def transform_msg(transform: np.ndarray, parent: str, child: str, stamp) -> TransformStamped:
+    """TransformStamped giving the pose of ``child`` in ``parent`` (= maps child coords to parent)."""
+    x, y, z, w = quaternion_from_matrix(transform[:3, :3])
+    msg = TransformStamped(header=Header(stamp=stamp, frame_id=parent), child_frame_id=child)
+    t = transform[:3, 3]
+    msg.transform.translation = Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2]))
+    msg.transform.rotation = Quaternion(x=x, y=y, z=z, w=w)
+    return msg
+
+
+def camera_transform(cam_to_world: np.ndarray, world_frame: str, camera_frame: str, mode: str, stamp):
+    """The TF for one frame: world -> camera, camera -> world (inverse), or None for 'none'."""
+    if mode == "world_to_camera":
+        return transform_msg(cam_to_world, world_frame, camera_frame, stamp)
+    if mode == "camera_to_world":
+        return transform_msg(invert_transform(cam_to_world), camera_frame, world_frame, stamp)
+    return None
+
+
+def human_msg(person, with_vertices: bool) -> Human:
+    """One engine Person -> Human, every pose in the world frame."""
+    joints = np.asarray(person.joints_world, dtype=np.float64)
+    pelvis_rot = np.asarray(person.pelvis_rotation_world, dtype=np.float64) @ ROS_FROM_SMPLX_BODY
+    msg = Human(
+        track_id=int(person.track_id),
+        score=float(person.score),
+        pelvis=pose_msg(pelvis_rot, joints[0]),
+        head=_point(joints[HEAD_JOINT]),
+        joints=[_point(j) for j in joints[:NUM_JOINTS]],
+    )
+    msg.betas = np.asarray(person.betas, dtype=np.float32).reshape(10)
+    msg.expression = np.asarray(person.expression, dtype=np.float32).reshape(10)
+    msg.full_pose = np.asarray(person.full_pose_world, dtype=np.float32).reshape(3 * NUM_JOINTS)
+    msg.transl = np.asarray(person.transl_world, dtype=np.float32).reshape(3)
+    if with_vertices:
+        if person.vertices_world is None:
+            raise ValueError("vertices requested but the engine did not compute them")
+        msg.vertices = [Point32(x=float(v[0]), y=float(v[1]), z=float(v[2])) for v in person.vertices_world.tolist()]
+    return msg
+
+
+def humans_msg(result, header: Header, camera_frame: str, with_vertices: bool) -> HumanArray:
+    """FrameResult -> HumanArray in ``header.frame_id`` (the world frame)."""
+    cam_to_world = np.asarray(result.cam_to_world, dtype=np.float64)
+    return HumanArray(
+        header=header,
+        camera_frame_id=camera_frame,
+        camera_pose=pose_msg(cam_to_world[:3, :3], cam_to_world[:3, 3]),
+        reset=bool(result.reset),
+        humans=[human_msg(p, with_vertices) for p in result.people],
+    )
+
+
+def select_cloud_points(points, conf, rgb, conf_threshold: float, stride: int, max_points: int | None = None,
+                        exclude=None):
+    """Pixels kept for a cloud: every ``stride``-th pixel with conf > threshold, finite xyz and
+    not ``exclude`` (optional (H, W) bool), evenly subsampled to at most ``max_points``.
+    Returns (N, 3) float32 xyz and (N, 3) uint8 rgb, in row-major pixel order.
+    """
+    pts = points[::stride, ::stride].reshape(-1, 3)
+    keep = (conf[::stride, ::stride].reshape(-1) > conf_threshold) & np.isfinite(pts).all(axis=1)
+    if exclude is not None:
+        keep &= ~exclude[::stride, ::stride].reshape(-1)
+    index = np.flatnonzero(keep)
+    if max_points is not None and index.size > max_points:
+        index = index[np.linspace(0, index.size - 1, max_points).astype(np.int64)]
+    return pts[index].astype(np.float32, copy=False), rgb[::stride, ::stride].reshape(-1, 3)[index]
+
+
+def pack_rgb(colors: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 -> (N,) uint32 r << 16 | g << 8 | b."""
+    c = colors.astype(np.uint32)
+    return (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+
+
+def cloud_msg(points: np.ndarray, colors: np.ndarray, header: Header) -> PointCloud2:
+    """Unorganised XYZRGB PointCloud2 (x, y, z float32 at 0/4/8, packed rgb as float32 at 12)."""
+    n = points.shape[0]
+    buffer = np.empty((n, 4), dtype=np.float32)
+    buffer[:, :3] = points
+    buffer[:, 3] = pack_rgb(colors).view(np.float32)
+    return PointCloud2(
+        header=header,
+        height=1,
+        width=n,
+        fields=CLOUD_FIELDS,
+        is_bigendian=False,
+        point_step=CLOUD_POINT_STEP,
+        row_step=CLOUD_POINT_STEP * n,
+        data=array.array("B", buffer.tobytes()),
+        is_dense=bool(np.isfinite(points).all()),
+    )
+
+
+def depth_msg(points_cam: np.ndarray, header: Header) -> Image:
+    """32FC1 depth (z along the optical axis, metres) at model-input resolution."""
+    depth = np.ascontiguousarray(points_cam[..., 2], dtype=np.float32)
+    height, width = depth.shape
+    return Image(
+        header=header,
+        height=height,
+        width=width,
+        encoding="32FC1",
+        is_bigendian=False,
+        step=4 * width,
+        data=array.array("B", depth.tobytes()),
+    )
+
+
+def camera_info_msg(K: np.ndarray, size_hw: tuple[int, int], header: Header) -> CameraInfo:
+    """Pinhole CameraInfo (no distortion) for an image of ``size_hw`` with intrinsics ``K``."""
+    K = np.asarray(K, dtype=np.float64)
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    return CameraInfo(
+        header=header,
+        height=int(size_hw[0]),
+        width=int(size_hw[1]),
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=K.reshape(9).tolist(),
+        r=np.eye(3).reshape(9).tolist(),
+        p=P.reshape(12).tolist(),
+    )
+
+
+def valid_intrinsics(k) -> bool:
+    """A usable camera_info K: positive focal lengths (an all-zero K means 'uncalibrated')."""
+    k = np.asarray(k, dtype=np.float64).reshape(9)
+    return bool(np.isfinite(k).all() and k[0] > 0 and k[4] > 0 and k[8] != 0)
+
+
+def path_pose(cam_to_world: np.ndarray, header: Header) -> PoseStamped:
+    return PoseStamped(header=header, pose=pose_msg(cam_to_world[:3, :3], cam_to_world[:3, 3]))
+
+
+def path_msg(poses, header: Header) -> Path:
+    return Path(header=header, poses=list(poses))

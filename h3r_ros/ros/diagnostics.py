@@ -1,0 +1,147 @@
+"""Counters the node updates from two threads, and their /diagnostics message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+# Event counters, both per reporting window and since activation.
+RECEIVED = "received"  # messages that arrived (valid or not)
+PROCESSED = "processed"  # frames that went through the engine and were published
+DROPPED = "dropped"  # valid frames replaced by a newer one before inference started
+STALE = "stale"  # frames skipped because older than max_image_age
+BAD = "bad_messages"  # undecodable messages
+ERRORS = "errors"  # exceptions while processing a frame
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, ERRORS)
+NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
+
+
+@dataclass
+class Window:
+    """What happened since the previous report."""
+
+    seconds: float
+    counts: dict[str, int]
+    totals: dict[str, int]
+    max_age: float | None  # largest (publish time - stamp) of the processed frames, s
+    last_age: float | None
+    stage_times: dict[str, float]  # stage -> mean seconds per processed frame
+    people: int | None  # people in the last processed frame
+    since_input: float | None  # s since the last image arrived; None: none yet
+    last_error: str = ""
+
+
+class NodeStats:
+    """Thread-safe event counts and latencies, read out once per diagnostics period."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(COUNTERS, 0)
+        self._start_window(time.monotonic())
+        self._people: int | None = None
+        self._last_input: float | None = None
+        self._last_error = ""
+
+    def _start_window(self, now: float) -> None:
+        self._window_start = now
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._ages: list[float] = []
+        self._stage_sums: dict[str, float] = defaultdict(float)
+
+    def count(self, counter: str) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+            self._totals[counter] += 1
+            if counter == RECEIVED:
+                self._last_input = time.monotonic()
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self._counts[ERRORS] += 1
+            self._totals[ERRORS] += 1
+            self._last_error = text
+
+    def processed(self, age: float, stage_times: dict[str, float], people: int) -> None:
+        """One published frame: its stamp age at publication and the engine's stage times."""
+        with self._lock:
+            self._counts[PROCESSED] += 1
+            self._totals[PROCESSED] += 1
+            self._ages.append(age)
+            for stage, seconds in stage_times.items():
+                self._stage_sums[stage] += seconds
+            self._people = people
+
+    def take_window(self) -> Window:
+        """The counts since the previous call, which starts a new window."""
+        now = time.monotonic()
+        with self._lock:
+            n = max(self._counts[PROCESSED], 1)
+            window = Window(
+                seconds=max(now - self._window_start, 1e-9),
+                counts=dict(self._counts),
+                totals=dict(self._totals),
+                max_age=max(self._ages) if self._ages else None,
+                last_age=self._ages[-1] if self._ages else None,
+                stage_times={stage: s / n for stage, s in self._stage_sums.items()},
+                people=self._people,
+                since_input=None if self._last_input is None else now - self._last_input,
+                last_error=self._last_error,
+            )
+            self._start_window(now)
+        return window
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1000.0 * seconds:.1f}"
+
+
+def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: dict[str, str],
+                    idle_reason: str = "") -> DiagnosticArray:
+    """One DiagnosticStatus: rates, drops, latency, stage times, plus ``state`` (device,
+    model, lifecycle state...). ``idle_reason`` (inactive, disabled) says why no input is
+    expected; otherwise silence is a warning."""
+    c, seconds = window.counts, window.seconds
+    input_hz, processed_hz = c[RECEIVED] / seconds, c[PROCESSED] / seconds
+    if c[ERRORS]:
+        level, message = DiagnosticStatus.ERROR, f"{c[ERRORS]} frame(s) failed: {window.last_error}"
+    elif idle_reason:
+        level, message = DiagnosticStatus.OK, idle_reason
+    elif window.since_input is None:
+        level, message = DiagnosticStatus.WARN, "no images received yet"
+    elif window.since_input > NO_INPUT_WARNING:
+        level, message = DiagnosticStatus.WARN, f"no images received for {window.since_input:.0f} s"
+    elif c[BAD]:
+        level, message = DiagnosticStatus.WARN, f"{c[BAD]} undecodable image message(s) dropped"
+    else:
+        level = DiagnosticStatus.OK
+        message = f"processing {processed_hz:.2f} Hz of {input_hz:.2f} Hz input"
+    values = {
+        **state,
+        "input rate (Hz)": f"{input_hz:.2f}",
+        "processed rate (Hz)": f"{processed_hz:.2f}",
+        "received messages (total)": str(window.totals[RECEIVED]),
+        "dropped frames (window)": str(c[DROPPED]),
+        "dropped frames (total)": str(window.totals[DROPPED]),
+        "stale frames skipped (total)": str(window.totals[STALE]),
+        "bad messages (total)": str(window.totals[BAD]),
+        "failed frames (total)": str(window.totals[ERRORS]),
+        "processed frames (total)": str(window.totals[PROCESSED]),
+        "stamp age at publication, last (ms)": _ms(window.last_age),
+        "stamp age at publication, max (ms)": _ms(window.max_age),
+        "people in last frame": "n/a" if window.people is None else str(window.people),
+    }
+    for stage, mean in sorted(window.stage_times.items()):
+        values[f"time {stage} (ms)"] = _ms(mean)
+    status = DiagnosticStatus(
+        level=level,
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=v) for k, v in values.items()],
+    )
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])

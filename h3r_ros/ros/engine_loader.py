@@ -1,0 +1,160 @@
+"""Settings -> a ready Human3R engine: file look-up, device choice, weights, SMPL-X.
+
+Every failure is a LoadError whose text tells the user what to fix; the node logs it and
+stays unconfigured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from h3r_ros.engine.body_model import BodyModel
+from h3r_ros.engine.engine import EngineConfig, Human3REngine
+from h3r_ros.model.checkpoint import load_human3r
+from h3r_ros.model.config import Human3RConfig
+from h3r_ros.model.human3r import Human3R
+
+# The engine's world = the first camera's frame re-expressed with ROS axes (x forward,
+# y left, z up) instead of OpenCV optical axes (x right, y down, z forward).
+ROS_FROM_OPTICAL = (
+    (0.0, 0.0, 1.0, 0.0),
+    (-1.0, 0.0, 0.0, 0.0),
+    (0.0, -1.0, 0.0, 0.0),
+    (0.0, 0.0, 0.0, 1.0),
+)
+_PREFERRED_CHECKPOINTS = ("human3r_896L", "human3r")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class LoadError(RuntimeError):
+    """The engine cannot be built from the current parameters."""
+
+
+@dataclass
+class LoadedEngine:
+    engine: Human3REngine
+    faces: np.ndarray  # (F, 3) SMPL-X triangles, for mesh markers
+    device: torch.device
+    description: str  # what was loaded, for logs and diagnostics
+
+
+def models_dirs() -> list[Path]:
+    """Where '' for checkpoint / smplx_dir looks: models/ of a source checkout, then the
+    installed package's share/h3r_ros/models."""
+    dirs = []
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "package.xml").is_file():
+        dirs.append(checkout / "models")
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            dirs.append(Path(get_package_share_directory("h3r_ros")) / "models")
+        except (PackageNotFoundError, OSError):  # not installed, or AMENT_PREFIX_PATH unset
+            pass
+    except ImportError:  # no ament index outside a ROS installation
+        pass
+    return dirs
+
+
+def find_checkpoint(directories: list[Path]) -> Path | None:
+    """The Human3R checkpoint in ``directories``: the first folder with any human3r*.pth or
+    human3r*.safetensors, the released names preferred."""
+    for directory in directories:
+        found = sorted(directory.glob("human3r*.pth")) + sorted(directory.glob("human3r*.safetensors"))
+        if found:
+            return min(found, key=lambda p: (p.stem not in _PREFERRED_CHECKPOINTS, p.suffix != ".pth", p.name))
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise LoadError(f"device {name!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:N')") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LoadError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LoadError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise LoadError(f"device {name!r} is not supported ('auto', 'cpu', 'cuda', 'cuda:N')")
+    return device
+
+
+def _checkpoint_path(settings) -> Path | None:
+    """The checkpoint to load; None means random weights (only when allowed)."""
+    if settings.checkpoint:
+        path = Path(settings.checkpoint).expanduser()
+        if not path.is_file():
+            raise LoadError(f"checkpoint {path} does not exist (parameter 'checkpoint')")
+        return path
+    searched = models_dirs()
+    path = find_checkpoint(searched)
+    if path is None and not settings.allow_random_weights:
+        raise LoadError(
+            "no checkpoint: set the 'checkpoint' parameter or put human3r*.pth in "
+            + (" or ".join(str(d) for d in searched) or "models/")
+            + " (allow_random_weights:=true runs with random weights, for testing only)"
+        )
+    return path
+
+
+def _load_model(path: Path | None, settings, device: torch.device):
+    dtype = _DTYPES[settings.dtype]
+    variant = settings.variant or None
+    if path is None:
+        cfg = Human3RConfig.variant(variant or "896L")
+        with torch.device(device):
+            model = Human3R(cfg)
+        return model.to(dtype=dtype).eval(), f"RANDOM WEIGHTS ({variant or '896L'})"
+    try:
+        model, _ = load_human3r(path, device=device, dtype=dtype, variant=variant)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file must leave the node unconfigured
+        raise LoadError(f"cannot load checkpoint {path}: {exc}") from exc
+    return model, str(path)
+
+
+def _load_body_model(settings, device: torch.device) -> BodyModel:
+    if settings.smplx_dir:
+        candidates = [Path(settings.smplx_dir).expanduser()]
+    else:
+        candidates = models_dirs()
+    errors = []
+    for candidate in candidates:
+        try:
+            return BodyModel(candidate, device=device)
+        except FileNotFoundError as exc:
+            errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - corrupt npz, wrong arrays, ...
+            raise LoadError(f"SMPL-X model in {candidate} is unreadable: {exc}") from exc
+    raise LoadError("SMPL-X model not found (parameter 'smplx_dir'): " + " | ".join(errors or ["no models/ folder"]))
+
+
+def load_engine(settings) -> LoadedEngine:
+    """Build the engine described by a parameters.Settings; raises LoadError."""
+    device = resolve_device(settings.device)
+    try:
+        config = EngineConfig(
+            size=settings.input_size,
+            ttt3r=settings.ttt3r,
+            reset_interval=settings.reset_interval,
+            max_humans=settings.max_people or None,
+            device=str(device),
+            dtype=settings.dtype,
+            world_from_model=ROS_FROM_OPTICAL,
+        )
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
+    checkpoint = _checkpoint_path(settings)  # cheap checks first: fail fast
+    body_model = _load_body_model(settings, device)
+    model, source = _load_model(checkpoint, settings, device)
+    engine = Human3REngine(model, config, body_model)
+    faces = body_model.faces.detach().cpu().numpy().astype(np.int64)
+    return LoadedEngine(engine, faces, device, f"{source} on {device} ({settings.dtype})")

@@ -1,0 +1,65 @@
+"""Executable entry point: ``human3r_node`` or ``python -m h3r_ros.ros.node_main --ros-args ...``.
+
+Spins the lifecycle node on a single-threaded executor (inference has its own thread).
+With ``autostart`` the node configures and activates itself; otherwise a lifecycle manager
+(launch, ``ros2 lifecycle set``) drives it.
+
+SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handlers invalidate the
+context first, after which the node's shutdown transition can no longer run (nor publish its
+transition event). Here a signal only stops spinning; the node then goes through its shutdown
+transition (joins the inference thread, frees the model) before rclpy shuts down. The
+process also ends when the node is finalized through its lifecycle services.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+
+from h3r_ros.ros.node import Human3RNode
+
+SPIN_PERIOD = 0.1  # s; how quickly a signal is noticed
+
+
+def autostart(node: Human3RNode) -> bool:
+    """Configure and activate; False (node left unconfigured) if configuring fails."""
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: configure failed; the node stays unconfigured "
+                                "(fix the parameters and configure it again)")
+        return False
+    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)  # args None: sys.argv
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    node = Human3RNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value and not stop.is_set():
+            autostart(node)
+        # A node finalized through its lifecycle services has nothing left to do either.
+        while not stop.is_set() and rclpy.ok() and node.lifecycle_state != "finalized":
+            executor.spin_once(timeout_sec=SPIN_PERIOD)
+    finally:
+        if node.lifecycle_state != "finalized":
+            node.trigger_shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The node's parameters: one table of names, defaults, descriptions and constraints.
+
+``config/human3r.yaml`` restates the defaults for users; a test keeps the two in sync.
+Parameters marked ``live`` take effect on the next processed frame; the others are read
+when the node is configured (change them, then cleanup + configure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+
+TF_MODES = ("world_to_camera", "camera_to_world", "none")
+DTYPES = ("float32", "bfloat16")
+IMAGE_QOS = ("sensor_data", "reliable")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A consistent snapshot of all parameter values (the worker reads one per frame)."""
+
+    checkpoint: str = ""
+    variant: str = ""
+    allow_random_weights: bool = False
+    smplx_dir: str = ""
+    device: str = "auto"
+    dtype: str = "float32"
+    input_size: int = 512
+    reset_interval: int = 100
+    ttt3r: bool = True
+    max_people: int = 20
+    world_frame: str = "world"
+    camera_frame: str = ""
+    tf_mode: str = "world_to_camera"
+    compressed_input: bool = False
+    image_qos: str = "sensor_data"
+    max_image_age: float = 0.0
+    publish_cloud: bool = True
+    publish_map: bool = True
+    publish_markers: bool = True
+    publish_mesh: bool = False
+    publish_path: bool = True
+    publish_depth: bool = True
+    publish_camera_info: bool = True
+    publish_vertices: bool = False
+    cloud_conf_threshold: float = 2.0
+    cloud_stride: int = 2
+    cloud_max_points: int = 50000
+    map_voxel_size: float = 0.05
+    map_max_points: int = 500000
+    map_publish_period: float = 1.0
+    map_exclude_humans: bool = True
+    mesh_publish_period: float = 1.0
+    path_max_poses: int = 10000
+    diagnostics_period: float = 1.0
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
+class _Spec:
+    description: str
+    live: bool = False
+    choices: tuple[str, ...] = ()
+    min_value: float | None = None  # inclusive lower bound for numbers
+    max_value: float | None = None
+    when: str = ""  # when the value is read, if neither per frame (live) nor on configure
+
+
+_POS_INT_MAX = 2**31 - 1
+_SPECS: dict[str, _Spec] = {
+    "checkpoint": _Spec("Human3R checkpoint (.pth); '' = the first human3r*.pth found in models/ "
+                        "(next to the package sources or its share directory)."),
+    "variant": _Spec("Model variant (672S, 672B, 672L, 896L); '' = read from the checkpoint. "
+                     "Only needed with random weights."),
+    "allow_random_weights": _Spec("Start with random weights when no checkpoint is found (testing "
+                                  "the plumbing only; the outputs are meaningless)."),
+    "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/."),
+    "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
+    "dtype": _Spec("Inference precision.", choices=DTYPES),
+    "input_size": _Spec("Long side of the model input in pixels (the released models were trained "
+                        "at 512).", min_value=64, max_value=4096),
+    "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "
+                            "stays continuous (bounds drift on long runs); 0 = never.",
+                            min_value=0, max_value=_POS_INT_MAX),
+    "max_people": _Spec("Track at most this many people per frame, the highest detection scores "
+                        "(bounds the per-frame cost in crowds); 0 = no limit.", min_value=0,
+                        max_value=_POS_INT_MAX),
+    "ttt3r": _Spec("Use the TTT3R per-token state update rate (better on long sequences)."),
+    "world_frame": _Spec("Frame of every world-frame output (x forward, y left, z up; anchored at the "
+                         "camera of the first frame after a reset)."),
+    "camera_frame": _Spec("Camera optical frame (x right, y down, z forward) used for TF and camera "
+                          "outputs; '' = the image header's frame_id.", live=True),
+    "tf_mode": _Spec("'world_to_camera' publishes world -> camera (standalone camera); "
+                     "'camera_to_world' publishes camera -> world (camera already has a parent in "
+                     "the robot's TF tree); 'none' publishes no TF.", live=True, choices=TF_MODES),
+    "compressed_input": _Spec("Subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg or png) "
+                              "instead of image (sensor_msgs/Image)."),
+    "image_qos": _Spec("Image and camera_info subscription QoS, depth 1: 'sensor_data' (best effort, "
+                       "matches any publisher) or 'reliable'.", choices=IMAGE_QOS),
+    "max_image_age": _Spec("Skip frames whose stamp is older than this many seconds when inference "
+                           "would start (counted in diagnostics); 0 = off.", live=True, min_value=0.0),
+    "publish_cloud": _Spec("Publish the current frame's point cloud on 'cloud'.", live=True),
+    "publish_map": _Spec("Accumulate a voxel map and publish it on 'map_cloud' (transient local).", live=True),
+    "publish_markers": _Spec("Publish skeleton markers on 'markers'.", live=True),
+    "publish_mesh": _Spec("Add SMPL-X meshes (TRIANGLE_LIST) to 'markers' every mesh_publish_period.",
+                          live=True),
+    "publish_path": _Spec("Publish the camera trajectory on 'camera_path'.", live=True),
+    "publish_depth": _Spec("Publish the depth (z of the camera-frame points, 32FC1, model-input "
+                           "resolution) on 'depth'.", live=True),
+    "publish_camera_info": _Spec("Publish the model's estimated intrinsics at model-input resolution "
+                                 "on 'estimated_camera_info' (matches 'depth').", live=True),
+    "publish_vertices": _Spec("Fill Human.vertices (10475 SMPL-X vertices per person) in 'humans'.",
+                              live=True),
+    "cloud_conf_threshold": _Spec("Keep points whose confidence (>= 1) exceeds this.", live=True,
+                                  min_value=0.0),
+    "cloud_stride": _Spec("Keep every N-th pixel in each image direction for 'cloud' and the map.",
+                          live=True, min_value=1, max_value=64),
+    "cloud_max_points": _Spec("Upper bound on points in 'cloud' (evenly subsampled beyond it).", live=True,
+                              min_value=1, max_value=_POS_INT_MAX),
+    "map_voxel_size": _Spec("Voxel edge of the accumulated map in metres.", min_value=0.001),
+    "map_max_points": _Spec("Upper bound on map points; the oldest voxels go first.",
+                            min_value=1, max_value=_POS_INT_MAX),
+    "map_publish_period": _Spec("Seconds between map publications (only when it changed).", live=True,
+                                min_value=0.0),
+    "map_exclude_humans": _Spec("Leave pixels the model marks as human out of the map (moving people "
+                                "would smear it).", live=True),
+    "mesh_publish_period": _Spec("Seconds between mesh marker updates (meshes are large).", live=True,
+                                 min_value=0.0),
+    "path_max_poses": _Spec("Upper bound on poses kept in 'camera_path' (oldest dropped).", live=True,
+                            min_value=1, max_value=_POS_INT_MAX),
+    "diagnostics_period": _Spec("Seconds between /diagnostics messages.", min_value=0.05),
+    "autostart": _Spec("Configure and activate at start-up.", when="Read by the executable at start-up."),
+}
+
+LIVE_PARAMETERS = frozenset(name for name, spec in _SPECS.items() if spec.live)
+DEFAULTS = Settings()
+
+
+def _descriptor(name: str, spec: _Spec, default) -> ParameterDescriptor:
+    when = spec.when or ("Takes effect on the next frame." if spec.live else "Read when the node is configured.")
+    descriptor = ParameterDescriptor(name=name, description=f"{spec.description} {when}")
+    if spec.choices:
+        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.min_value is not None and not isinstance(default, bool):
+        if isinstance(default, int):
+            bound = IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)
+            descriptor.integer_range = [bound]
+        else:
+            upper = float("inf") if spec.max_value is None else float(spec.max_value)
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.min_value), to_value=upper, step=0.0)
+            ]
+    return descriptor
+
+
+def declare(node) -> None:
+    """Declare every parameter on ``node`` with its default and descriptor."""
+    for f in fields(Settings):
+        default = getattr(DEFAULTS, f.name)
+        node.declare_parameter(f.name, default, _descriptor(f.name, _SPECS[f.name], default))
+    node.add_on_set_parameters_callback(_check_choices)
+
+
+def read(node) -> Settings:
+    """Current values of all parameters."""
+    return Settings(**{f.name: node.get_parameter(f.name).value for f in fields(Settings)})
+
+
+def _check_choices(parameters) -> SetParametersResult:
+    """Reject values outside an enumerated parameter's choices (ranges rclpy checks itself)."""
+    for parameter in parameters:
+        spec = _SPECS.get(parameter.name)
+        if spec is not None and spec.choices and parameter.value not in spec.choices:
+            return SetParametersResult(
+                successful=False, reason=f"{parameter.name} must be one of {', '.join(spec.choices)}"
+            )
+    return SetParametersResult(successful=True)
+
+
+def documented_defaults() -> dict[str, tuple[object, str]]:
+    """name -> (default, description), for documentation and the yaml consistency test."""
+    return {f.name: (getattr(DEFAULTS, f.name), _SPECS[f.name].description) for f in fields(Settings)}

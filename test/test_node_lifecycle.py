@@ -1,0 +1,197 @@
+"""Lifecycle of the node: configure failures leave it unconfigured with a clear error, the
+transitions load and free the model, and the executable stops cleanly on SIGINT / SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from ros_helpers import RosHarness, image_msg, tiny_assets, wait_until
+from sensor_msgs.msg import Image
+
+from h3r_ros.msg import HumanArray
+from h3r_ros.ros.node import Human3RNode
+
+REPO = Path(__file__).resolve().parent.parent
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+@pytest.fixture(scope="module")
+def ros():
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def make_node(ros):
+    created = []
+
+    def make(**params):
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        node = ros.add_node(Human3RNode(context=ros.context, parameter_overrides=overrides))
+        created.append(node)
+        return node
+
+    yield make
+    for node in created:
+        if node.lifecycle_state != "finalized":
+            node.trigger_shutdown()
+        ros.remove_node(node)
+
+
+def test_configure_fails_cleanly_on_missing_or_bad_files(make_node, tmp_path, capfd):
+    assets = tiny_assets()
+    corrupt = tmp_path / "human3r_corrupt.pth"
+    corrupt.write_bytes(b"definitely not a checkpoint")
+    bad_smplx = tmp_path / "bad_smplx" / "SMPLX_NEUTRAL.npz"
+    bad_smplx.parent.mkdir()
+    bad_smplx.write_bytes(b"not an npz either")
+    cases = {
+        "does not exist": dict(checkpoint=str(tmp_path / "missing.pth")),
+        "cannot load checkpoint": dict(checkpoint=str(corrupt)),
+        "SMPL-X model not found": dict(smplx_dir=str(tmp_path / "no_smplx")),
+        "is unreadable": dict(smplx_dir=str(bad_smplx.parent)),
+        "world_frame must not be empty": dict(world_frame=""),
+    }
+    if not torch.cuda.is_available():
+        cases["CUDA is not available"] = dict(device="cuda:0")
+    for message, change in cases.items():
+        node = make_node(**(assets.parameters() | change))
+        assert node.trigger_configure() == FAILURE, message
+        assert node.lifecycle_state == "unconfigured"
+        assert node._loaded is None and node._outputs is None
+        assert message in capfd.readouterr().err  # rcutils logs to stderr
+
+
+def test_parameters_are_documented_and_validated(make_node):
+    node = make_node(**tiny_assets().parameters())
+    names = [name for name in node.list_parameters([], 0).names if name != "use_sim_time"]
+    assert len(names) > 30
+    assert all(d.description for d in node.describe_parameters(names))
+    (result,) = node.set_parameters([Parameter("tf_mode", value="map_to_odom")])
+    assert not result.successful
+    (result,) = node.set_parameters([Parameter("dtype", value="float64")])
+    assert not result.successful
+    (result,) = node.set_parameters([Parameter("cloud_stride", value=0)])  # below the declared range
+    assert not result.successful
+    assert node.get_parameter("tf_mode").value == "world_to_camera"
+
+
+def test_transitions_load_activate_and_release(make_node, ros):
+    node = make_node(**tiny_assets().parameters())
+    assert node.trigger_configure() == SUCCESS and node.lifecycle_state == "inactive"
+    assert node._loaded is not None
+    assert node.trigger_activate() == SUCCESS and node.lifecycle_state == "active"
+    assert wait_until(lambda: ros.probe.count_subscribers("/image") == 1)
+    assert node.trigger_deactivate() == SUCCESS and node.lifecycle_state == "inactive"
+    assert wait_until(lambda: ros.probe.count_subscribers("/image") == 0)
+    assert node.trigger_cleanup() == SUCCESS and node.lifecycle_state == "unconfigured"
+    assert node._loaded is None
+    assert node.trigger_shutdown() == SUCCESS and node.lifecycle_state == "finalized"
+
+
+# ------------------------------------------------------------------ executable
+
+
+def _command(executable: list[str], name: str, params: dict) -> list[str]:
+    """Command line with a node name of its own (a just-stopped node's graph entries linger)."""
+    args = [*executable, "--ros-args", "-r", f"__node:={name}"]
+    for key, value in params.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        args += ["-p", f"{key}:={text}"]
+    return args
+
+
+def _rendered_script(tmp_path: Path) -> Path:
+    """scripts/human3r_node.in as CMake's configure_file would write it."""
+    script = tmp_path / "human3r_node"
+    script.write_text((REPO / "scripts" / "human3r_node.in").read_text().replace("@H3R_PYTHON@", sys.executable))
+    script.chmod(0o755)
+    return script
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # the loopback DDS settings are inherited
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _state(ros, name: str) -> int:
+    response = ros.call(GetState, f"/{name}/get_state", GetState.Request(), timeout=60.0, resend_after=5.0)
+    return response.current_state.id
+
+
+def _stop(process: subprocess.Popen, sig: int) -> int:
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout=60.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _process_one_frame(ros) -> None:
+    """Proves the inference thread runs (and is joined) when the signal arrives."""
+    humans = ros.collect(HumanArray, "humans")
+    publisher = ros.probe.create_publisher(Image, "image", 1)
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched(), 30.0)
+        stamp = ros.probe.get_clock().now().to_msg()
+        publisher.publish(image_msg(tiny_assets().frames[0], stamp))
+        humans.wait_stamp(stamp, 120.0)
+    finally:
+        ros.probe.destroy_publisher(publisher)
+        ros.probe.destroy_subscription(humans.subscription)
+
+
+@pytest.mark.parametrize("entry, sig", [("module", signal.SIGINT), ("script", signal.SIGTERM)])
+def test_executable_processes_and_stops_cleanly_on_signals(ros, tmp_path, entry, sig):
+    name = f"human3r_{entry}"
+    if entry == "module":
+        executable = [sys.executable, "-m", "h3r_ros.ros.node_main"]
+    else:
+        executable = [str(_rendered_script(tmp_path))]
+    log = tmp_path / "node.log"
+    process = _start(_command(executable, name, tiny_assets().parameters()), log)
+    try:
+        assert wait_until(lambda: _state(ros, name) == State.PRIMARY_STATE_ACTIVE, 120.0, period=0.5), log.read_text()
+        _process_one_frame(ros)
+    finally:
+        code = _stop(process, sig)
+    text = log.read_text()
+    assert code == 0, text
+    assert "shut down: inference thread stopped, model released" in text and "Traceback" not in text, text
+
+
+def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_finalized(ros, tmp_path):
+    name = "human3r_no_weights"
+    params = tiny_assets().parameters(checkpoint=str(tmp_path / "missing.pth"))
+    log = tmp_path / "node.log"
+    process = _start(_command([sys.executable, "-m", "h3r_ros.ros.node_main"], name, params), log)
+    try:
+        assert _state(ros, name) == State.PRIMARY_STATE_UNCONFIGURED  # served once autostart has given up
+        request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_UNCONFIGURED_SHUTDOWN))
+        assert ros.call(ChangeState, f"/{name}/change_state", request, timeout=30.0).success
+        try:
+            code = process.wait(timeout=60.0)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGUSR1)  # stacks into the log, to show where it hangs
+            time.sleep(1.0)
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "does not exist" in text and "Traceback" not in text, text

@@ -1,0 +1,371 @@
+"""Node building blocks without DDS: decoding, conversions, markers, map, worker, parameters."""
+
+import math
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, stamp_of
+from sensor_msgs.msg import CompressedImage, PointField
+from diagnostic_msgs.msg import DiagnosticStatus
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from h3r_ros.ros import conversions, parameters
+from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, NodeStats, diagnostics_msg
+from h3r_ros.ros.engine_loader import LoadError, find_checkpoint, resolve_device
+from h3r_ros.ros.image_decoding import ImageDecodeError, check_image, decode_compressed, decode_image
+from h3r_ros.ros.inference_worker import InferenceWorker
+from h3r_ros.ros.map_accumulator import VoxelMap
+from h3r_ros.ros.markers import BONES, JOINTS_ID, MESH_ID, TrackMarkers, namespace
+
+REPO = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(0)
+
+
+def random_rotation(rng=RNG) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+# ------------------------------------------------------------------ image decoding
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+@pytest.mark.parametrize("pad", [0, 7])
+def test_colour_encodings_with_row_padding_decode_to_rgb(encoding, pad):
+    rgb = RNG.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    msg = image_msg(rgb, stamp_of(1.0), encoding=encoding, pad=pad)
+    msg.is_bigendian = True  # irrelevant for 8-bit channels
+    out = decode_image(msg)
+    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_mono8_is_replicated_to_three_channels():
+    rgb = RNG.integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    msg = image_msg(rgb, stamp_of(1.0), encoding="mono8", pad=3)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    np.testing.assert_array_equal(decode_image(msg), np.repeat(grey[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (dict(encoding="16UC1"), "unsupported encoding"),
+        (dict(encoding="yuv422"), "unsupported encoding"),
+        (dict(width=0, height=0, step=0), "empty"),
+        (dict(step=5), "step"),
+        (dict(height=5), "bytes"),
+    ],
+)
+def test_bad_raw_images_are_rejected(change, reason):
+    msg = image_msg(np.zeros((4, 3, 3), np.uint8), stamp_of(1.0))
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(ImageDecodeError, match=reason):
+        check_image(msg)
+
+
+@pytest.mark.parametrize("ext, fmt", [(".jpg", "jpeg"), (".png", "rgb8; png compressed bgr8")])
+def test_compressed_images_decode_to_rgb(ext, fmt):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    ok, buffer = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = decode_compressed(CompressedImage(format=fmt, data=buffer.tobytes()))
+    assert out.shape == (8, 8, 3)
+    assert np.abs(out.astype(int) - rgb).max() <= 3
+
+
+@pytest.mark.parametrize("fmt, data, reason", [
+    ("jpeg", b"", "empty"),
+    ("jpeg", b"not an image", "could not decode"),
+    ("16UC1; compressedDepth", b"\x00" * 20, "compressed"),
+    ("tiff", b"\x00" * 20, "unsupported compressed format"),
+])
+def test_bad_compressed_images_are_rejected(fmt, data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_compressed(CompressedImage(format=fmt, data=data))
+
+
+# ------------------------------------------------------------------ conversions
+
+def test_quaternion_round_trip_including_near_180_degrees():
+    rotations = [random_rotation() for _ in range(50)]
+    rotations += [np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0]), np.eye(3)]
+    for rot in rotations:
+        q = conversions.quaternion_from_matrix(rot)
+        assert math.isclose(np.linalg.norm(q), 1.0, rel_tol=1e-9) and q[3] >= 0
+        np.testing.assert_allclose(matrix_from_quaternion(*q), rot, atol=1e-9)
+
+
+def test_tf_modes_publish_the_pose_or_its_inverse():
+    cam_to_world = rigid(random_rotation(), [1.0, -2.0, 0.5])
+    stamp = stamp_of(3.5)
+    forward = conversions.camera_transform(cam_to_world, "world", "cam", "world_to_camera", stamp)
+    assert (forward.header.frame_id, forward.child_frame_id) == ("world", "cam")
+    assert forward.header.stamp == stamp
+    inverse = conversions.camera_transform(cam_to_world, "world", "cam", "camera_to_world", stamp)
+    assert (inverse.header.frame_id, inverse.child_frame_id) == ("cam", "world")
+    for msg, expected in ((forward, cam_to_world), (inverse, np.linalg.inv(cam_to_world))):
+        r = msg.transform.rotation
+        t = msg.transform.translation
+        matrix = rigid(matrix_from_quaternion(r.x, r.y, r.z, r.w), [t.x, t.y, t.z])
+        np.testing.assert_allclose(matrix, expected, atol=1e-9)
+    assert conversions.camera_transform(cam_to_world, "world", "cam", "none", stamp) is None
+
+
+def fake_person(track_id=3, with_vertices=False):
+    rng = np.random.default_rng(track_id)
+    return SimpleNamespace(
+        track_id=track_id,
+        score=0.75,
+        joints_world=rng.normal(size=(55, 3)).astype(np.float32),
+        pelvis_rotation_world=random_rotation(rng).astype(np.float32),
+        betas=rng.normal(size=10).astype(np.float32),
+        expression=rng.normal(size=10).astype(np.float32),
+        full_pose_world=rng.normal(size=(55, 3)).astype(np.float32),
+        transl_world=rng.normal(size=3).astype(np.float32),
+        vertices_world=rng.normal(size=(10475, 3)).astype(np.float32) if with_vertices else None,
+    )
+
+
+def test_human_message_fills_every_field_with_ros_body_axes():
+    person = fake_person(with_vertices=True)
+    msg = conversions.human_msg(person, with_vertices=True)
+    assert msg.track_id == 3 and math.isclose(msg.score, 0.75)
+    joints = np.array([[p.x, p.y, p.z] for p in msg.joints])
+    np.testing.assert_allclose(joints, person.joints_world, atol=1e-6)
+    np.testing.assert_allclose([msg.pelvis.position.x, msg.pelvis.position.y, msg.pelvis.position.z],
+                               person.joints_world[0], atol=1e-6)
+    np.testing.assert_allclose([msg.head.x, msg.head.y, msg.head.z], person.joints_world[15], atol=1e-6)
+    o = msg.pelvis.orientation
+    rot = matrix_from_quaternion(o.x, o.y, o.z, o.w)
+    smplx_axes = person.pelvis_rotation_world.astype(np.float64)
+    # ROS body x (forward) = SMPL-X z, y (left) = SMPL-X x, z (up) = SMPL-X y.
+    np.testing.assert_allclose(rot[:, 0], smplx_axes[:, 2], atol=1e-6)
+    np.testing.assert_allclose(rot[:, 1], smplx_axes[:, 0], atol=1e-6)
+    np.testing.assert_allclose(rot[:, 2], smplx_axes[:, 1], atol=1e-6)
+    np.testing.assert_allclose(msg.betas, person.betas)
+    np.testing.assert_allclose(msg.expression, person.expression)
+    np.testing.assert_allclose(msg.full_pose, person.full_pose_world.reshape(-1))
+    np.testing.assert_allclose(msg.transl, person.transl_world)
+    assert len(msg.vertices) == 10475
+    assert math.isclose(msg.vertices[5].y, float(person.vertices_world[5, 1]), rel_tol=1e-6)
+    assert conversions.human_msg(person, with_vertices=False).vertices == []
+
+
+def test_cloud_layout_packing_and_density():
+    points = RNG.normal(size=(100, 3)).astype(np.float32)
+    colors = RNG.integers(0, 256, (100, 3), dtype=np.uint8)
+    msg = conversions.cloud_msg(points, colors, Header(frame_id="world"))
+    xyz, rgb, offsets = decode_cloud(msg)
+    assert offsets == {"x": (0, PointField.FLOAT32, 1), "y": (4, PointField.FLOAT32, 1),
+                       "z": (8, PointField.FLOAT32, 1), "rgb": (12, PointField.FLOAT32, 1)}
+    assert msg.point_step == 16 and not msg.is_bigendian and msg.is_dense
+    np.testing.assert_array_equal(xyz, points)
+    np.testing.assert_array_equal(rgb, colors)
+    points[3, 1] = np.nan
+    assert not conversions.cloud_msg(points, colors, Header()).is_dense
+
+
+def test_cloud_selection_threshold_stride_mask_and_cap():
+    h, w = 8, 10
+    points = RNG.normal(size=(h, w, 3)).astype(np.float32)
+    points[0, 2] = np.nan
+    conf = np.full((h, w), 3.0, np.float32)
+    conf[2, 4] = 1.5
+    rgb = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    exclude = np.zeros((h, w), bool)
+    exclude[4, 6] = True
+    pts, cols = conversions.select_cloud_points(points, conf, rgb, 2.0, 2, exclude=exclude)
+    kept = [(r, c) for r in range(0, h, 2) for c in range(0, w, 2) if (r, c) not in {(0, 2), (2, 4), (4, 6)}]
+    np.testing.assert_array_equal(pts, np.array([points[r, c] for r, c in kept]))
+    np.testing.assert_array_equal(cols, np.array([rgb[r, c] for r, c in kept]))
+    capped, _ = conversions.select_cloud_points(points, conf, rgb, 2.0, 1, max_points=7)
+    assert capped.shape == (7, 3) and np.isfinite(capped).all()
+
+
+def test_depth_and_camera_info():
+    points = RNG.normal(size=(4, 6, 3)).astype(np.float32)
+    depth = conversions.depth_msg(points, Header(frame_id="cam"))
+    assert (depth.encoding, depth.height, depth.width, depth.step) == ("32FC1", 4, 6, 24)
+    np.testing.assert_array_equal(np.frombuffer(bytes(depth.data), "<f4").reshape(4, 6), points[..., 2])
+    K = np.array([[100.0, 0, 3], [0, 100.0, 2], [0, 0, 1]])
+    info = conversions.camera_info_msg(K, (4, 6), Header(frame_id="cam"))
+    assert (info.height, info.width) == (4, 6)
+    np.testing.assert_array_equal(np.reshape(info.k, (3, 3)), K)
+    np.testing.assert_array_equal(np.reshape(info.p, (3, 4))[:, :3], K)
+    assert conversions.valid_intrinsics(info.k)
+    assert not conversions.valid_intrinsics([0.0] * 9)
+
+
+# ------------------------------------------------------------------ markers
+
+def test_markers_follow_tracks_and_reset():
+    markers = TrackMarkers()
+    header = Header(frame_id="world", stamp=stamp_of(1.0))
+    first = markers.update(header, [fake_person(1), fake_person(2)]).markers
+    assert first[0].action == Marker.DELETEALL  # a fresh display on start
+    adds = first[1:]
+    assert {(m.ns, m.id, m.type) for m in adds} == {
+        (namespace(t), i, k) for t in (1, 2) for i, k in ((0, Marker.LINE_LIST), (JOINTS_ID, Marker.SPHERE_LIST))
+    }
+    bones = next(m for m in adds if m.ns == namespace(1) and m.type == Marker.LINE_LIST)
+    assert len(bones.points) == 2 * len(BONES) == 2 * 54
+    assert all(m.header.stamp == header.stamp and m.header.frame_id == "world" for m in first)
+    colour = bones.color
+
+    second = markers.update(header, [fake_person(2), fake_person(5)]).markers
+    deleted = {(m.ns, m.id) for m in second if m.action == Marker.DELETE}
+    assert deleted == {(namespace(1), i) for i in (0, JOINTS_ID, MESH_ID)}
+    assert {m.ns for m in second if m.action == Marker.ADD} == {namespace(2), namespace(5)}
+    again = markers.update(header, [fake_person(1)]).markers
+    assert next(m for m in again if m.ns == namespace(1) and m.id == 0).color == colour  # stable colour
+
+    markers.reset()
+    after_reset = markers.update(header, [fake_person(7)]).markers
+    assert after_reset[0].action == Marker.DELETEALL
+    assert not any(m.action == Marker.DELETE for m in after_reset)
+
+
+def test_mesh_marker_is_a_triangle_list():
+    faces = np.array([[0, 1, 2], [2, 3, 4]])
+    markers = TrackMarkers().update(Header(), [fake_person(4, with_vertices=True)], faces=faces).markers
+    mesh = next(m for m in markers if m.id == MESH_ID)
+    assert mesh.type == Marker.TRIANGLE_LIST and len(mesh.points) == 6
+
+
+# ------------------------------------------------------------------ map
+
+def test_voxel_map_keeps_newest_point_per_voxel_and_is_bounded():
+    vmap = VoxelMap(voxel_size=1.0, max_points=3)
+    assert vmap.merge()  # an empty map is published once
+    assert not vmap.merge()
+    red, blue = np.array([[255, 0, 0]], np.uint8), np.array([[0, 0, 255]], np.uint8)
+    vmap.add(np.array([[0.2, 0.2, 0.2]], np.float32), red)
+    vmap.add(np.array([[0.7, 0.7, 0.7]], np.float32), blue)  # same voxel, newer
+    assert vmap.merge()
+    np.testing.assert_array_equal(vmap.colors, blue)
+    vmap.add(np.array([[1.5, 0, 0], [2.5, 0, 0], [3.5, 0, 0]], np.float32), np.repeat(red, 3, 0))
+    vmap.merge()
+    assert len(vmap.points) == 3 and 0.7 not in vmap.points[:, 0]  # oldest voxel evicted
+    vmap.clear()
+    assert vmap.merge() and len(vmap.points) == 0
+
+
+# ------------------------------------------------------------------ worker
+
+def test_worker_keeps_only_the_newest_frame_and_applies_resets_in_order():
+    events, started, release = [], threading.Event(), threading.Event()
+
+    def process(item):
+        if item == 0:
+            started.set()
+            release.wait(5.0)  # the first frame is "slow"
+        events.append(item)
+
+    worker = InferenceWorker(process, lambda: events.append("reset"), lambda e: events.append(e))
+    worker.start()
+    try:
+        assert not worker.submit(0)
+        assert started.wait(5.0)
+        drops = [worker.submit(i) for i in (1, 2, 3)]
+        assert drops == [False, True, True]  # 1 and 2 were replaced while waiting
+        worker.request_reset()
+        release.set()
+        deadline = time.monotonic() + 5.0
+        while len(events) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events == [0, "reset", 3]
+    finally:
+        worker.stop()
+
+
+def test_worker_survives_a_failing_frame():
+    errors, failed, done = [], threading.Event(), threading.Event()
+
+    def process(item):
+        if item == "bad":
+            raise ValueError("boom")
+        done.set()
+
+    def on_error(error):
+        errors.append(error)
+        failed.set()
+
+    worker = InferenceWorker(process, lambda: None, on_error)
+    worker.start()
+    try:
+        worker.submit("bad")
+        assert failed.wait(5.0)
+        worker.submit("good")
+        assert done.wait(5.0)
+        assert [str(e) for e in errors] == ["boom"]
+    finally:
+        worker.stop()
+
+
+# ------------------------------------------------------------------ parameters
+
+def test_params_file_lists_every_parameter_with_its_default():
+    params = yaml.safe_load((REPO / "config" / "human3r.yaml").read_text())
+    assert list(params) == ["human3r_node"]
+    in_file = params["human3r_node"]["ros__parameters"]
+    documented = parameters.documented_defaults()
+    assert set(in_file) == set(documented)
+    for name, (default, description) in documented.items():
+        assert in_file[name] == default and type(in_file[name]) is type(default), name
+        assert description
+
+
+# ------------------------------------------------------------------ engine loading
+
+def test_checkpoint_search_prefers_the_released_names(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    assert find_checkpoint([first, second]) is None
+    for name in ("human3r_672S.pth", "human3r_896L.safetensors", "human3r_896L.pth"):
+        (second / name).write_bytes(b"")
+    assert find_checkpoint([first, second]) == second / "human3r_896L.pth"
+    (first / "human3r_custom.safetensors").write_bytes(b"")
+    assert find_checkpoint([first, second]) == first / "human3r_custom.safetensors"  # earlier folder wins
+
+
+def test_device_names_are_checked():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(LoadError, match="not supported|not a torch device"):
+        resolve_device("tpu")
+
+
+# ------------------------------------------------------------------ diagnostics
+
+def test_diagnostics_levels_and_values():
+    def status(stats, idle_reason=""):
+        (out,) = diagnostics_msg(stamp_of(1.0), "n: inference", "cpu", stats.take_window(), {"model": "m"},
+                                 idle_reason).status
+        return out.level, out.message, {kv.key: kv.value for kv in out.values}
+
+    stats = NodeStats()
+    assert status(stats)[:2] == (DiagnosticStatus.WARN, "no images received yet")
+    assert status(stats, "inactive: not processing")[0] == DiagnosticStatus.OK
+    for counter in (RECEIVED, RECEIVED, RECEIVED, DROPPED):
+        stats.count(counter)
+    stats.processed(0.25, {"model": 0.2, "total": 0.3}, people=2)
+    level, message, values = status(stats)
+    assert level == DiagnosticStatus.OK and "processing" in message
+    assert values["dropped frames (total)"] == "1" and values["received messages (total)"] == "3"
+    assert values["time model (ms)"] == "200.0" and values["stamp age at publication, last (ms)"] == "250.0"
+    assert values["people in last frame"] == "2" and values["model"] == "m"
+    stats.count(BAD)
+    assert status(stats)[0] == DiagnosticStatus.WARN
+    stats.error("ValueError: boom")
+    level, message, _ = status(stats)
+    assert level == DiagnosticStatus.ERROR and "boom" in message
