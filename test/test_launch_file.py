@@ -234,8 +234,8 @@ def test_params_file_matches_the_node(launch_module):
     forwarded under a parameter name the node does not declare would be ignored."""
     params = yaml.safe_load((REPO / "config" / "human3r.yaml").read_text())
     _, (node,) = _run(launch_module)
-    assert list(params) == [node.kwargs["name"]]
-    node_params = params[node.kwargs["name"]]["ros__parameters"]
+    assert list(params) == ["/**/" + node.kwargs["name"]]  # any namespace
+    node_params = params["/**/" + node.kwargs["name"]]["ros__parameters"]
     forwarded = set(launch_module.STRING_OVERRIDES) | set(launch_module.BOOL_OVERRIDES)
     assert forwarded <= set(node_params)
 

@@ -315,13 +315,35 @@ def test_worker_survives_a_failing_frame():
 
 def test_params_file_lists_every_parameter_with_its_default():
     params = yaml.safe_load((REPO / "config" / "human3r.yaml").read_text())
-    assert list(params) == ["human3r_node"]
-    in_file = params["human3r_node"]["ros__parameters"]
+    assert list(params) == ["/**/human3r_node"]
+    in_file = params["/**/human3r_node"]["ros__parameters"]
     documented = parameters.documented_defaults()
     assert set(in_file) == set(documented)
     for name, (default, description) in documented.items():
         assert in_file[name] == default and type(in_file[name]) is type(default), name
         assert description
+
+
+def test_params_file_applies_to_the_node_in_any_namespace(tmp_path):
+    """rcl itself reads the shipped file (its key is a wildcard on the node name), so a
+    namespaced launch still gets the file's values."""
+    import rclpy
+
+    from h3r_ros.ros.node import Human3RNode
+
+    params = yaml.safe_load((REPO / "config" / "human3r.yaml").read_text())
+    params["/**/human3r_node"]["ros__parameters"]["world_frame"] = "odom_from_file"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["--ros-args", "--params-file", str(params_file), "-r", "__ns:=/robot"])
+    try:
+        node = Human3RNode(context=context)
+        assert node.get_fully_qualified_name() == "/robot/human3r_node"
+        assert node.get_parameter("world_frame").value == "odom_from_file"
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
 
 
 # ------------------------------------------------------------------ engine loading

@@ -302,12 +302,14 @@ def check_state_dict(
 
 
 def load_state_dict_strict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any = "state dict"
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any = "state dict", assign: bool = False
 ) -> None:
-    """Strip a whole-file ``module.`` prefix, check keys and shapes, then load strictly."""
+    """Strip a whole-file ``module.`` prefix, check keys and shapes, then load strictly
+    (``assign``: take the given tensors instead of copying into the model's, e.g. for a
+    model built on the meta device)."""
     state_dict = strip_module_prefix(state_dict)
     check_state_dict(model, state_dict, source)
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,9 +447,12 @@ def load_human3r(
         state_dict, model_string = read_checkpoint(path)
 
     cfg = _resolve_config(model_string, variant, source)
-    with torch.device(device):  # initialise where the model will run (fast on a GPU)
+    # Every tensor comes from the file (the model has no non-persistent buffers), so build it
+    # without allocating or initialising anything and take the file's (memory-mapped)
+    # tensors as they are: no random init of ~1 B parameters, no second copy in memory.
+    with torch.device("meta"):
         model = Human3R(cfg)
-    load_state_dict_strict(model, state_dict, source)
+    load_state_dict_strict(model, state_dict, source, assign=True)
     model.to(device=device, dtype=dtype)
     model.eval()
     return model, cfg
