@@ -286,6 +286,29 @@ def test_camera_frame_parameter_overrides_the_header(rig):
         rig.set_params(camera_frame="")
 
 
+def test_body_frames_for_exactly_the_people_of_the_frame(rig):
+    """REP-155 frames below the camera, in the camera TF's message or alone (tf_mode none)."""
+    try:
+        for tf_mode, prefix in (("world_to_camera", "body_"), ("none", "person_")):
+            rig.set_params(publish_body_tf=True, tf_mode=tf_mode, body_frame_prefix=prefix)
+            humans = next((h for h in map(rig.send_frame, range(4)) if h.humans), None)
+            assert humans is not None, "the calibrated tiny model should detect people"
+            stamp = humans.header.stamp
+            tf_with_stamp(rig, stamp)
+            (message,) = [m for m in rig.out["tf"].messages if by_stamp(m.transforms, stamp)]  # one per frame
+            transforms = message.transforms
+            names = {f"{prefix}{h.track_id}": h for h in humans.humans}
+            camera = [CAMERA] if tf_mode == "world_to_camera" else []
+            assert sorted(t.child_frame_id for t in transforms) == sorted([*names, *camera])
+            world_from_camera = pose_matrix(humans.camera_pose)
+            for body in (t for t in transforms if t.child_frame_id in names):
+                assert body.header.frame_id == CAMERA
+                np.testing.assert_allclose(world_from_camera @ transform_matrix(body.transform),
+                                           pose_matrix(names[body.child_frame_id].pelvis), **TOL)
+    finally:
+        rig.set_params(publish_body_tf=False, tf_mode="world_to_camera", body_frame_prefix="body_")
+
+
 def test_reset_service_clears_state_tracks_path_markers_and_map(rig):
     rig.send_frame(0)
     rig.send_frame(1)

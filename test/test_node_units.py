@@ -104,6 +104,11 @@ def test_quaternion_round_trip_including_near_180_degrees():
         np.testing.assert_allclose(matrix_from_quaternion(*q), rot, atol=1e-9)
 
 
+def transform_matrix(transform) -> np.ndarray:
+    r, t = transform.rotation, transform.translation
+    return rigid(matrix_from_quaternion(r.x, r.y, r.z, r.w), [t.x, t.y, t.z])
+
+
 def test_tf_modes_publish_the_pose_or_its_inverse():
     cam_to_world = rigid(random_rotation(), [1.0, -2.0, 0.5])
     stamp = stamp_of(3.5)
@@ -113,10 +118,7 @@ def test_tf_modes_publish_the_pose_or_its_inverse():
     inverse = conversions.camera_transform(cam_to_world, "world", "cam", "camera_to_world", stamp)
     assert (inverse.header.frame_id, inverse.child_frame_id) == ("cam", "world")
     for msg, expected in ((forward, cam_to_world), (inverse, np.linalg.inv(cam_to_world))):
-        r = msg.transform.rotation
-        t = msg.transform.translation
-        matrix = rigid(matrix_from_quaternion(r.x, r.y, r.z, r.w), [t.x, t.y, t.z])
-        np.testing.assert_allclose(matrix, expected, atol=1e-9)
+        np.testing.assert_allclose(transform_matrix(msg.transform), expected, atol=1e-9)
     assert conversions.camera_transform(cam_to_world, "world", "cam", "none", stamp) is None
 
 
@@ -158,6 +160,27 @@ def test_human_message_fills_every_field_with_ros_body_axes():
     assert len(msg.vertices) == 10475
     assert math.isclose(msg.vertices[5].y, float(person.vertices_world[5, 1]), rel_tol=1e-6)
     assert conversions.human_msg(person, with_vertices=False).vertices == []
+
+
+@pytest.mark.parametrize("tf_mode", ["world_to_camera", "camera_to_world"])
+def test_body_frames_compose_with_the_camera_tf_to_the_pelvis_pose(tf_mode):
+    result = SimpleNamespace(cam_to_world=rigid(random_rotation(), [0.5, 1.0, -0.2]), reset=False,
+                             people=[fake_person(3), fake_person(8)])
+    stamp = stamp_of(2.25)
+    camera = conversions.camera_transform(result.cam_to_world, "world", "cam", tf_mode, stamp)
+    world_from_cam = transform_matrix(camera.transform)
+    if tf_mode == "camera_to_world":
+        world_from_cam = np.linalg.inv(world_from_cam)
+    humans = conversions.humans_msg(result, Header(frame_id="world"), "cam", with_vertices=False)
+    bodies = conversions.body_transforms(result, "cam", "body_", stamp)
+    assert [(t.header.frame_id, t.child_frame_id) for t in bodies] == [("cam", "body_3"), ("cam", "body_8")]
+    assert all(t.header.stamp == stamp for t in bodies)
+    for body, human in zip(bodies, humans.humans):
+        composed = world_from_cam @ transform_matrix(body.transform)
+        o, p = human.pelvis.orientation, human.pelvis.position
+        np.testing.assert_allclose(composed[:3, 3], [p.x, p.y, p.z], atol=1e-6)
+        np.testing.assert_allclose(composed[:3, :3], matrix_from_quaternion(o.x, o.y, o.z, o.w), atol=1e-6)
+    assert conversions.body_transforms(SimpleNamespace(cam_to_world=np.eye(4), people=[]), "cam", "b", stamp) == []
 
 
 def test_cloud_layout_packing_and_density():

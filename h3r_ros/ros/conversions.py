@@ -95,14 +95,33 @@ def camera_transform(cam_to_world: np.ndarray, world_frame: str, camera_frame: s
     return None
 
 
+def body_to_world(person) -> np.ndarray:
+    """4x4 pose of the person's ROS body frame (origin at the pelvis, x forward, y left, z up)
+    in the world frame."""
+    transform = np.eye(4)
+    transform[:3, :3] = np.asarray(person.pelvis_rotation_world, dtype=np.float64) @ ROS_FROM_SMPLX_BODY
+    transform[:3, 3] = np.asarray(person.joints_world, dtype=np.float64)[0]
+    return transform
+
+
+def body_transforms(result, camera_frame: str, prefix: str, stamp) -> list[TransformStamped]:
+    """REP-155 body frames: ``camera_frame -> <prefix><track_id>`` for every person. Parented to
+    the sensor frame (not the world) so they hold in every tf_mode, including 'none'."""
+    world_to_cam = invert_transform(np.asarray(result.cam_to_world, dtype=np.float64))
+    return [
+        transform_msg(world_to_cam @ body_to_world(person), camera_frame, f"{prefix}{person.track_id}", stamp)
+        for person in result.people
+    ]
+
+
 def human_msg(person, with_vertices: bool) -> Human:
     """One engine Person -> Human, every pose in the world frame."""
     joints = np.asarray(person.joints_world, dtype=np.float64)
-    pelvis_rot = np.asarray(person.pelvis_rotation_world, dtype=np.float64) @ ROS_FROM_SMPLX_BODY
+    pelvis = body_to_world(person)
     msg = Human(
         track_id=int(person.track_id),
         score=float(person.score),
-        pelvis=pose_msg(pelvis_rot, joints[0]),
+        pelvis=pose_msg(pelvis[:3, :3], pelvis[:3, 3]),
         head=_point(joints[HEAD_JOINT]),
         joints=[_point(j) for j in joints[:NUM_JOINTS]],
     )

@@ -14,7 +14,8 @@ outputs reliable volatile; map_cloud reliable transient local.
   in   image (sensor_msgs/Image) or image/compressed (CompressedImage, compressed_input)
   in   camera_info: validated; its focal is reported next to the model's (Human3R itself
        has no intrinsics input)
-  out  humans (h3r_ros/HumanArray, world frame), /tf (world -> camera optical, or inverse),
+  out  humans (h3r_ros/HumanArray, world frame), /tf (world -> camera optical, or inverse;
+       optionally camera optical -> <body_frame_prefix><track_id> per person, REP-155),
        cloud and map_cloud (PointCloud2, world frame), markers (MarkerArray),
        camera_path (nav_msgs/Path), depth (32FC1) and estimated_camera_info (CameraInfo),
        both in the camera frame at model-input resolution, /diagnostics
@@ -429,8 +430,11 @@ class Human3RNode(LifecycleNode):
         transform = conversions.camera_transform(
             result.cam_to_world, settings.world_frame, camera_frame, settings.tf_mode, stamp
         )
-        if transform is not None:
-            out.tf.publish(TFMessage(transforms=[transform]))
+        transforms = [] if transform is None else [transform]
+        if settings.publish_body_tf:
+            transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
+        if transforms:
+            out.tf.publish(TFMessage(transforms=transforms))
         if wanted.humans:
             out.humans.publish(conversions.humans_msg(result, world, camera_frame, settings.publish_vertices))
         self._publish_points(result, world, settings, wanted)

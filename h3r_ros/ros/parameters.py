@@ -33,6 +33,8 @@ class Settings:
     world_frame: str = "world"
     camera_frame: str = ""
     tf_mode: str = "world_to_camera"
+    publish_body_tf: bool = False
+    body_frame_prefix: str = "body_"
     compressed_input: bool = False
     image_qos: str = "sensor_data"
     max_image_age: float = 0.0
@@ -93,7 +95,12 @@ _SPECS: dict[str, _Spec] = {
                           "outputs; '' = the image header's frame_id.", live=True),
     "tf_mode": _Spec("'world_to_camera' publishes world -> camera (standalone camera); "
                      "'camera_to_world' publishes camera -> world (camera already has a parent in "
-                     "the robot's TF tree); 'none' publishes no TF.", live=True, choices=TF_MODES),
+                     "the robot's TF tree); 'none' publishes no camera TF.", live=True, choices=TF_MODES),
+    "publish_body_tf": _Spec("Publish a TF frame per person (REP-155): camera optical frame -> "
+                             "<body_frame_prefix><track_id>, origin at the pelvis, x forward, y left, "
+                             "z up. Parented to the camera, so it works in every tf_mode.", live=True),
+    "body_frame_prefix": _Spec("Prefix of the per-person TF frames (REP-155 names them body_<id>: "
+                               "ids must start with a letter).", live=True),
     "compressed_input": _Spec("Subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg or png) "
                               "instead of image (sensor_msgs/Image)."),
     "image_qos": _Spec("Image and camera_info subscription QoS, depth 1: 'sensor_data' (best effort, "
