@@ -36,7 +36,7 @@ class ScriptedModel(torch.nn.Module):
         return torch.zeros(self.STATE, device=device, dtype=dtype), torch.zeros(self.MEM, device=device, dtype=dtype)
 
     def step(self, img, img_mhmr, state, mem, *, first, ttt3r=False, extra_outputs=frozenset(), max_humans=None,
-             debug=False):
+             det_threshold=None, debug=False):
         v = len(self.calls)
         self.calls.append(dict(first=first, ttt3r=ttt3r, state=state.clone(), mem=mem.clone(), extra=extra_outputs))
         _, _, h, w = img.shape
@@ -102,6 +102,17 @@ def test_state_without_ttt3r_and_manual_reset():
     assert [r.index for r in first + after] == [0, 1, 2, 3, 4]
     # A new world: the pose chain restarts at the new segment.
     assert after[0].cam_to_world[0, 3] == pytest.approx(4)
+
+
+def test_match_threshold_decides_whether_tracks_continue():
+    model = ScriptedModel(humans={0: 2, 1: 2})
+    engine = Human3REngine(model, EngineConfig(size=32, reset_interval=0))
+    assert [p.track_id for p in engine.step(FRAME).people] == [0, 1]
+    # The same two people again, but no match can reach a score above 1: new ids.
+    engine.config = replace(engine.config, match_threshold=1.0)
+    assert [p.track_id for p in engine.step(FRAME).people] == [2, 3]
+    with pytest.raises(ValueError, match="match_threshold"):
+        EngineConfig(match_threshold=1.5)
 
 
 def test_tracks_across_frames_without_people():

@@ -175,6 +175,20 @@ def test_max_humans_keeps_the_best_scoring_detections_in_raster_order():
     torch.testing.assert_close(uncapped["smpl_loc"], full["smpl_loc"])
 
 
+def test_detection_threshold_can_be_overridden_per_step():
+    fx = load_fixture("h3r_tiny_base")
+    model = build_model(fx)
+    state, mem = model.initial_state()
+    view = fx["views"][0]
+    scores = model.step(view["img"], view["img_mhmr"], state, mem, first=True)["smpl_scores"].flatten()
+    peaks = scores[scores > 0].sort(descending=True).values  # post-NMS local maxima
+    # A threshold between the 3rd and 4th best peak keeps exactly three people.
+    threshold = float((peaks[2] + peaks[3]) / 2)
+    out = model.step(view["img"], view["img_mhmr"], state, mem, first=True, det_threshold=threshold)
+    assert out["smpl_loc"].shape[1] == 3
+    assert model.step(view["img"], view["img_mhmr"], state, mem, first=True, det_threshold=1.0)["smpl_loc"].shape[1] == 0
+
+
 def test_optional_heads_run_only_on_request():
     fx = load_fixture("h3r_tiny_base")
     model = build_model(fx)

@@ -44,6 +44,10 @@ class EngineConfig:
     # At most this many people per frame, the best-scoring ones (None: every detection, as
     # the official code). Bounds the per-frame cost in crowds or with untrained weights.
     max_humans: int | None = None
+    # Detection score threshold and tracking match threshold; None keeps the model config's
+    # (0.3 and 0.2 in the released models).
+    det_threshold: float | None = None
+    match_threshold: float | None = None
     # Model outputs the demo does not use, returned in FrameResult.extras:
     # 'pts3d_in_other_view' (directly regressed world points, engine world frame),
     # 'conf' (their confidence), 'rgb' (reconstructed input colours in [-1, 1]).
@@ -62,6 +66,10 @@ class EngineConfig:
             raise ValueError(f"reset_interval must be >= 0, got {self.reset_interval}")
         if self.max_humans is not None and self.max_humans < 0:
             raise ValueError(f"max_humans must be >= 0 or None, got {self.max_humans}")
+        for name in ("det_threshold", "match_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         unknown = set(self.extra_outputs) - EXTRA_OUTPUTS
@@ -117,13 +125,14 @@ class Human3REngine:
         self.dtype = DTYPES[config.dtype]
         cfg = model.cfg
         self._has_mask_head = getattr(cfg, "msk_head", True)
+        self._model_match_threshold = cfg.match_threshold
+        self._tracker = Tracker(cfg.match_threshold, cfg.sinkhorn_iters, cfg.sinkhorn_alpha)
         self.config = config
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.body_model = body_model
         if body_model is not None and body_model.device != self.device:
             raise ValueError(f"body model is on {body_model.device}, the engine on {self.device}")
         self._mhmr_res = cfg.mhmr_img_res
-        self._tracker = Tracker(cfg.match_threshold, cfg.sinkhorn_iters, cfg.sinkhorn_alpha)
         with torch.inference_mode():
             state, self._mem_init = self.model.initial_state(device=self.device, dtype=self.dtype)
         self._state_init = state.float()
@@ -133,8 +142,8 @@ class Human3REngine:
 
     @property
     def config(self) -> EngineConfig:
-        """Output flags, TTT3R, the reset interval and the world frame may change between
-        steps (assign a new config); device and dtype are fixed when the engine is built."""
+        """Output flags, thresholds, TTT3R, the reset interval and the world frame may change
+        between steps (assign a new config); device and dtype are fixed when the engine is built."""
         return self._config
 
     @config.setter
@@ -145,6 +154,9 @@ class Human3REngine:
             raise ValueError("with_human_mask needs a model with the mask head (msk_head=True)")
         self._config = config
         self._world_from_model = torch.tensor(config.world_from_model, dtype=torch.float32, device=self.device)
+        self._tracker.match_threshold = (
+            self._model_match_threshold if config.match_threshold is None else config.match_threshold
+        )
 
     def reset(self) -> None:
         """Start a new world: fresh state and memory, pose chain and tracks; the next
@@ -224,6 +236,7 @@ class Human3REngine:
             ttt3r=self.config.ttt3r,
             extra_outputs=extra_outputs,
             max_humans=self.config.max_humans,
+            det_threshold=self.config.det_threshold,
         )
         # The state is carried in float32 whatever the model dtype, so the per-token blend
         # does not accumulate bf16 rounding over a long sequence.

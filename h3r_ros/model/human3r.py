@@ -162,7 +162,7 @@ class Human3R(nn.Module):
         x = ((img_mhmr.float() * 0.5 + 0.5 - mean) / std).to(self.dtype)  # [-1,1] -> ImageNet
         return self.backbone(x, self._backbone_pos_embed())
 
-    def _detect(self, tokens: torch.Tensor, max_humans: Optional[int]) -> _Detections:
+    def _detect(self, tokens: torch.Tensor, max_humans: Optional[int], threshold: float) -> _Detections:
         cfg, head = self.cfg, self.downstream_head
         r = cfg.bb_token_res
         logits = head.mlp_classif(tokens)
@@ -170,7 +170,7 @@ class Human3R(nn.Module):
         peak = F.max_pool2d(scores, cfg.nms_kernel, stride=1, padding=cfg.nms_kernel // 2)
         scores = scores * (peak == scores)  # NMS: keep exact local maxima
         # The one host-device sync of a step: the number of detections, raster order.
-        cells = torch.nonzero(scores[0, 0] >= cfg.det_threshold)
+        cells = torch.nonzero(scores[0, 0] >= threshold)
         if max_humans is not None and cells.shape[0] > max_humans:
             # Keep the best-scoring detections, still in raster order (the tracker's order).
             best = scores[0, 0, cells[:, 0], cells[:, 1]].topk(max_humans).indices.sort().values
@@ -278,6 +278,7 @@ class Human3R(nn.Module):
         ttt3r: bool = False,
         extra_outputs: FrozenSet[str] = frozenset(),
         max_humans: Optional[int] = None,
+        det_threshold: Optional[float] = None,
         debug: bool = False,
     ) -> Dict[str, torch.Tensor]:
         """Process one view.
@@ -287,6 +288,7 @@ class Human3R(nn.Module):
         first: view 0 or the view after a reset (pose query from ``pose_token``).
         max_humans: keep at most this many detections, the highest scores (None: all, as the
         official code); bounds the per-view cost when many cells pass the threshold.
+        det_threshold: detection score threshold (None: the config's, 0.3 as released).
         Returns the outputs described in the package contract; ``state_new``/``mem_new`` are
         not blended (the caller applies the update rule and resets).
         """
@@ -309,7 +311,8 @@ class Human3R(nn.Module):
 
         feat = self._encode(img.to(self.dtype), grid)
         bb_tokens = self._backbone_tokens(img_mhmr)
-        det = self._detect(bb_tokens, max_humans)
+        threshold = cfg.det_threshold if det_threshold is None else det_threshold
+        det = self._detect(bb_tokens, max_humans, threshold)
         humans, human_index = self._human_tokens(feat, det, H, W)
 
         feat_mean = feat.mean(dim=1, keepdim=True)

@@ -146,6 +146,8 @@ def load_engine(settings) -> LoadedEngine:
             ttt3r=settings.ttt3r,
             reset_interval=settings.reset_interval,
             max_humans=settings.max_people or None,
+            det_threshold=settings.detection_threshold,
+            match_threshold=settings.track_match_threshold,
             device=str(device),
             dtype=settings.dtype,
             world_from_model=ROS_FROM_OPTICAL,

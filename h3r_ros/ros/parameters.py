@@ -30,6 +30,8 @@ class Settings:
     reset_interval: int = 100
     ttt3r: bool = True
     max_people: int = 20
+    detection_threshold: float = 0.3
+    track_match_threshold: float = 0.2
     world_frame: str = "world"
     camera_frame: str = ""
     tf_mode: str = "world_to_camera"
@@ -88,6 +90,12 @@ _SPECS: dict[str, _Spec] = {
     "max_people": _Spec("Track at most this many people per frame, the highest detection scores "
                         "(bounds the per-frame cost in crowds); 0 = no limit.", min_value=0,
                         max_value=_POS_INT_MAX),
+    "detection_threshold": _Spec("Head-detection score a person needs (the released models use 0.3; "
+                                 "lower finds more people and more false ones).", min_value=0.0,
+                                 max_value=1.0),
+    "track_match_threshold": _Spec("Matching score a person needs to keep an existing track id (the "
+                                   "released models use 0.2; higher switches ids more readily).",
+                                   min_value=0.0, max_value=1.0),
     "ttt3r": _Spec("Use the TTT3R per-token state update rate (better on long sequences)."),
     "world_frame": _Spec("Frame of every world-frame output (x forward, y left, z up; anchored at the "
                          "camera of the first frame after a reset)."),
