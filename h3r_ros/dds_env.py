@@ -7,7 +7,20 @@ import random
 import tempfile
 from pathlib import Path
 
-LOOPBACK_PROFILE = Path(__file__).resolve().parent.parent / "config" / "fastdds_loopback.xml"
+PROFILE_NAME = "fastdds_loopback.xml"
+
+
+def loopback_profile() -> Path:
+    """The profile in a source checkout (config/ beside the package), else the installed one."""
+    in_checkout = Path(__file__).resolve().parent.parent / "config" / PROFILE_NAME
+    if in_checkout.is_file():
+        return in_checkout
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("h3r_ros")) / "config" / PROFILE_NAME
+    except (ImportError, LookupError, OSError):  # no ament index, package not installed
+        return in_checkout
 
 
 def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> dict[str, str]:
@@ -15,11 +28,12 @@ def loopback_env(domain_id: int | None = None, log_dir: str | None = None) -> di
 
     A random domain id (1..100) keeps concurrent runs on one host from seeing each other.
     """
-    if not LOOPBACK_PROFILE.is_file():
-        raise FileNotFoundError(f"loopback DDS profile missing: {LOOPBACK_PROFILE}")
+    profile = loopback_profile()
+    if not profile.is_file():
+        raise FileNotFoundError(f"loopback DDS profile missing: {profile}")
     return {
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE),
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(profile),
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         "ROS_DOMAIN_ID": str(domain_id if domain_id is not None else random.randint(1, 100)),
         "ROS_LOG_DIR": log_dir or tempfile.mkdtemp(prefix="h3r_ros_log_"),
