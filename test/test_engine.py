@@ -59,6 +59,7 @@ class ScriptedModel(torch.nn.Module):
             "mem_new": mem + 1,
         }
         out["smpl_scores"].view(-1)[:n] = 0.9
+        out["smpl_det_scores"] = torch.full((1, n), 0.9)
         if ttt3r:
             out["ttt3r_gate"] = torch.full(self.STATE[:2], 0.25)
         for name in extra_outputs:

@@ -25,7 +25,7 @@ from .tracking import Tracker
 
 # Model outputs the engine reports (the rest, e.g. the new state, stays on the device).
 _REPORTED_OUTPUTS = frozenset(
-    {"camera_pose", "pts3d_in_self_view", "conf_self", "msk", "smpl_scores", "smpl_loc", "smpl_rotmat",
+    {"camera_pose", "pts3d_in_self_view", "conf_self", "msk", "smpl_det_scores", "smpl_loc", "smpl_rotmat",
      "smpl_shape", "smpl_expression", "smpl_transl"}
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -281,11 +281,7 @@ class Human3REngine:
         n = out["smpl_transl"].shape[1]
         if n == 0:
             return t
-        # Detections are the post-NMS peaks; all other cells are below threshold, so the
-        # n largest scores, in raster order, belong to the n people.
-        scores = out["smpl_scores"].flatten()
-        cells = scores.topk(n).indices.sort().values
-        t["score"] = scores[cells]
+        t["score"] = out["smpl_det_scores"][0]
         t["rotmat"] = out["smpl_rotmat"][0]
         t["betas"] = out["smpl_shape"][0]
         t["expression"] = out["smpl_expression"][0]

@@ -40,6 +40,7 @@ class _Detections:
     logits: torch.Tensor  # [1, T, 1] raw detector output
     scores: torch.Tensor  # [1, r, r, 1] after NMS
     tokens: torch.Tensor  # [n, C] DINOv2 tokens of the detected cells
+    cell_scores: torch.Tensor  # [n] post-NMS score of each detection
     offset: torch.Tensor  # [n, 2]
     loc: torch.Tensor  # [n, 2] head pixel (x, y) in the padded human-branch image
 
@@ -179,7 +180,7 @@ class Human3R(nn.Module):
         det_tokens = tokens[0, rows * r + cols]
         offset = head.mlp_offset(det_tokens)
         loc = (torch.stack((cols, rows), dim=-1) + 0.5 + offset.float()) * cfg.bb_patch_size
-        return _Detections(logits, scores.permute(0, 2, 3, 1), det_tokens, offset, loc)
+        return _Detections(logits, scores.permute(0, 2, 3, 1), det_tokens, scores[0, 0, rows, cols], offset, loc)
 
     def _segment(self, tokens: torch.Tensor) -> torch.Tensor:
         r, p = self.cfg.bb_token_res, self.cfg.bb_patch_size
@@ -330,6 +331,7 @@ class Human3R(nn.Module):
         if cfg.msk_head:
             out["msk"] = self._segment(bb_tokens)
         out["smpl_scores"] = det.scores
+        out["smpl_det_scores"] = det.cell_scores[None]
         out["smpl_loc"] = det.loc[None]
         out.update(self.downstream_head.smpl(human_tokens, det.tokens[None]))
         out["human_tokens"] = human_tokens.float()
