@@ -60,7 +60,7 @@ def test_configure_fails_cleanly_on_missing_or_bad_files(make_node, tmp_path, ca
         "cannot load checkpoint": dict(checkpoint=str(corrupt)),
         "SMPL-X model not found": dict(smplx_dir=str(tmp_path / "no_smplx")),
         "is unreadable": dict(smplx_dir=str(bad_smplx.parent)),
-        "world_frame must not be empty": dict(world_frame=""),
+        "world_frame: must not be empty": dict(world_frame=""),
     }
     if not torch.cuda.is_available():
         cases["CUDA is not available"] = dict(device="cuda:0")

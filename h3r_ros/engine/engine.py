@@ -168,6 +168,11 @@ class Human3REngine:
         self._chain.clear()
         self._tracker.reset()
 
+    @property
+    def tracks(self) -> int:
+        """Tracks the identity matcher remembers (bounded)."""
+        return len(self._tracker)
+
     @torch.inference_mode()
     def step(self, rgb: np.ndarray, stamp: object = None) -> FrameResult:
         """Process one RGB uint8 frame (H, W, 3) of any size; ``stamp`` is passed through."""

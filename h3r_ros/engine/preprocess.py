@@ -29,6 +29,31 @@ class CropGeometry:
         return bottom - top, right - left
 
 
+def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
+    """Where ``resize_and_crop`` resizes and crops a ``width`` x ``height`` frame.
+
+    Raises ValueError when the frame cannot give a model input (too thin for ``size``), so a
+    caller can refuse such a frame before decoding it.
+    """
+    if width <= 0 or height <= 0 or size <= 0 or size % 16:
+        raise ValueError(f"frame {width}x{height} at input size {size}: sizes must be positive, size a multiple of 16")
+    long_side = max(width, height)
+    new_w, new_h = (int(round(x * size / long_side)) for x in (width, height))
+    cx, cy = new_w // 2, new_h // 2
+    halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
+    if new_w == new_h:
+        # The reference crops squares to 4:3. Its 3*halfw/4 is a multiple of 8 only when
+        # size is a multiple of 64; otherwise round down so the height stays a multiple of 16.
+        halfh = (3 * halfw // 4) // 8 * 8
+    if halfw == 0 or halfh == 0:
+        raise ValueError(
+            f"frame {width}x{height} is too thin for a {size}-px model input (its short side would "
+            "be under 16 px after resizing)"
+        )
+    box = (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
+    return CropGeometry(resized_size=(new_w, new_h), crop_box=box, scale=size / long_side)
+
+
 def resize_and_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, CropGeometry]:
     """RGB uint8 (H1, W1, 3) -> centre-cropped uint8 (H, W, 3) with H, W multiples of 16.
 
@@ -37,22 +62,11 @@ def resize_and_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, CropGeometr
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 array of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    geometry = crop_geometry(rgb.shape[1], rgb.shape[0], size)
     image = Image.fromarray(np.ascontiguousarray(rgb))
-    long_side = max(image.size)
-    resample = Image.LANCZOS if long_side > size else Image.BICUBIC
-    new_size = tuple(int(round(x * size / long_side)) for x in image.size)
-    image = image.resize(new_size, resample)
-
-    width, height = image.size
-    cx, cy = width // 2, height // 2
-    halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
-    if width == height:
-        halfh = 3 * halfw // 4  # halfw is a multiple of 8, so this is exact
-    box = (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
-    if halfw == 0 or halfh == 0:
-        raise ValueError(f"frame {rgb.shape[1]}x{rgb.shape[0]} is too thin for a {size}-px model input")
-    cropped = np.array(image.crop(box))  # writable, so torch.from_numpy accepts it
-    geometry = CropGeometry(resized_size=(width, height), crop_box=box, scale=size / long_side)
+    resample = Image.LANCZOS if max(image.size) > size else Image.BICUBIC
+    image = image.resize(geometry.resized_size, resample)
+    cropped = np.array(image.crop(geometry.crop_box))  # writable, so torch.from_numpy accepts it
     return cropped, geometry
 
 

@@ -74,6 +74,10 @@ class Tracker:
         self._tokens: torch.Tensor | None = None  # (K, D) bank of track features
         self._ids: torch.Tensor | None = None  # (K,) int64
 
+    def __len__(self) -> int:
+        """Tracks in the bank (at most max_tracks)."""
+        return 0 if self._ids is None else int(self._ids.numel())
+
     def update(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ids (n,) int64 for this view's human tokens (n, D); n = 0 leaves the bank as is."""
         n = tokens.shape[0]

@@ -9,17 +9,31 @@ unpickler: tensor-rebuild helpers and inert builtin containers are allowed, ever
 global becomes an inert stub that records its pickled state, and calling a stub (what a
 malicious ``__reduce__`` does) is refused. Nothing is imported on the file's behalf.
 
+Before torch sees the file, a first pass over its pickle (no tensor data read) checks what
+it declares, so a small file cannot make the loader allocate much: every storage must fit in
+its record, every tensor view must lie inside its storage with positive strides, the views
+together may address at most ``_MAX_REPEATED_BYTES`` more than the storages hold
+(overlapping views repeat data: compact test checkpoints use them, released ones do not),
+and the allow-listed callables have a budget of elements they may build (pickled calls over
+shared objects grow exponentially).
+
 ``convert_checkpoint`` rewrites a ``.pth`` as ``<prefix>.safetensors`` (memory-mapped, no
-pickle at all) plus ``<prefix>.json`` (model string, format version); ``load_human3r``
-prefers that pair when it sits next to the ``.pth``.
+pickle at all) plus ``<prefix>.json`` (model string, format version, and the size and
+header hash of the tensor file it belongs to); ``load_human3r`` prefers that pair when it
+sits next to the ``.pth``.
+
+Every failure of the public loading functions is a ``CheckpointError`` naming the file.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import functools
+import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -39,6 +53,7 @@ from h3r_ros.model.model_string import MODEL_CLASS, parse_model_string
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "UnsafePickleError",
     "check_state_dict",
     "convert_checkpoint",
@@ -53,9 +68,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "h3r_ros.human3r"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header records the tensor file it belongs to
 _MODULE_PREFIX = "module."
 _LISTED = 8  # entries shown per category in a key-mismatch report
+_MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl of a real checkpoint is well under 1 MB
+_MAX_BUILT_ELEMENTS = 1_000_000  # elements the allow-listed callables may build in one file
+_MAX_REPEATED_BYTES = 2**30  # bytes overlapping views may address beyond their storages
+_MAX_TENSOR_DIMS = 8
+_MAX_TENSORS = 100_000
+_MAX_HEADER_BYTES = 1 * 2**20  # converted-checkpoint .json
+_MAX_SAFETENSORS_HEADER = 16 * 2**20  # tensor table of a safetensors file
+_MAX_MODEL_STRING = 8192  # characters
 
 
 class CheckpointError(RuntimeError):
@@ -64,6 +87,29 @@ class CheckpointError(RuntimeError):
 
 class UnsafePickleError(CheckpointError):
     """A checkpoint's pickle tries to call something outside the allow-list."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
+
+
+def _one_error(function):
+    """Public loaders raise CheckpointError only, its text naming the file (first argument)."""
+
+    @functools.wraps(function)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return function(path, *args, **kwargs)
+        except CheckpointError as exc:
+            if str(path) in str(exc):
+                raise
+            raise type(exc)(f"{path}: {exc}") from exc
+        except FileNotFoundError as exc:
+            raise CheckpointNotFoundError(f"{path}: checkpoint not found ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - a hostile file can provoke anything
+            raise CheckpointError(f"{path}: cannot load: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,19 +124,91 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
-# Globals that may be called while unpickling: rebuilding tensors, and building plain data.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch", "Size"): torch.Size,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): collections.defaultdict,  # OmegaConf's resolver cache
-    ("_codecs", "encode"): _latin1_bytes,
-    **{
-        ("builtins", kind.__name__): kind
-        for kind in (dict, list, tuple, set, frozenset, str, int, float, bool, complex, slice)
-    },
-}
+_ATOMS = (str, bytes, int, float, bool, complex, type(None))
+
+
+def _size_of(value: Any) -> int:
+    """Elements a shallow copy of ``value`` builds (what a container constructor costs)."""
+    if isinstance(value, _ATOMS):
+        return len(value) if isinstance(value, (str, bytes)) else 1
+    try:
+        return len(value)
+    except TypeError:
+        raise UnsafePickleError(
+            f"refusing to unpickle: constructor argument of type {type(value).__name__} has no length"
+        ) from None
+
+
+class _Budget:
+    """Elements the allow-listed callables have built so far in one file: a pickle can call
+    ``list(x)`` or ``_codecs.encode(s)`` over one shared object many times, so each call is
+    charged the size of what it builds."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def charge(self, n: int) -> None:
+        self.used += n
+        if self.used > _MAX_BUILT_ELEMENTS:
+            raise UnsafePickleError(
+                f"refusing to unpickle: the pickle builds more than {_MAX_BUILT_ELEMENTS} elements "
+                "through constructor calls (amplification)"
+            )
+
+
+def _container(kind, budget: _Budget):
+    def build(*args, **kwargs):
+        budget.charge(sum(_size_of(a) for a in args) + len(kwargs))
+        return kind(*args, **kwargs)
+
+    return build
+
+
+def _scalar(kind, budget: _Budget):
+    """str/int/float/complex/bool of atoms only: str() of a container would render it
+    (exponential for nested shared lists), int() of a huge text is quadratic."""
+
+    def build(*args):
+        for arg in args:
+            if not isinstance(arg, _ATOMS):
+                raise UnsafePickleError(
+                    f"refusing to unpickle: {kind.__name__}() of a {type(arg).__name__}"
+                )
+        budget.charge(sum(_size_of(a) for a in args))
+        return kind(*args)
+
+    return build
+
+
+def _allowed_globals(budget: _Budget, rebuild_tensor, rebuild_parameter) -> dict[tuple[str, str], Any]:
+    """Globals that may be called while unpickling: rebuilding tensors, and building plain
+    data within ``budget``."""
+    containers = {("builtins", k.__name__): k for k in (dict, list, tuple, set, frozenset)}
+    containers |= {("collections", "OrderedDict"): collections.OrderedDict, ("torch", "Size"): torch.Size}
+    scalars = {("builtins", k.__name__): k for k in (str, int, float, bool, complex)}
+
+    def encode(text, encoding="latin1"):
+        budget.charge(_size_of(text))
+        return _latin1_bytes(text, encoding)
+
+    def defaultdict(factory=None, *args):
+        # OmegaConf's resolver cache; only an allow-listed constructor may be its factory.
+        if factory is not None and factory not in builders:
+            raise UnsafePickleError(f"refusing to unpickle: defaultdict with factory {factory!r}")
+        budget.charge(sum(_size_of(a) for a in args))
+        return collections.defaultdict(factory, *args)
+
+    plain = {key: _container(kind, budget) for key, kind in containers.items()}
+    plain |= {key: _scalar(kind, budget) for key, kind in scalars.items()}
+    builders = set(plain.values())
+    return {
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("collections", "defaultdict"): defaultdict,
+        ("_codecs", "encode"): encode,
+        ("builtins", "slice"): _scalar(slice, budget),
+        **plain,
+    }
 
 # Top-level packages of the training configuration. Their classes become stubs that may
 # also be "called" (e.g. enum members pickle as Class(value)): the call is only recorded.
@@ -142,16 +260,23 @@ class PickledObject(metaclass=_StubMeta):
         return f"<pickled {self.global_name}>"
 
 
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    if backward_hooks:
+        raise UnsafePickleError("refusing to unpickle: a parameter with backward hooks")
+    return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stubs: dict[tuple[str, str], type] = {}
+        self._allowed = _allowed_globals(_Budget(), torch._utils._rebuild_tensor_v2, _rebuild_parameter)
 
     def find_class(self, module: str, name: str) -> Any:
         # Python-2 era names (protocol <= 2 writes __builtin__, ...), as pickle itself maps them.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        allowed = _ALLOWED_GLOBALS.get((module, name))
+        allowed = self._allowed.get((module, name))
         if allowed is not None:
             return allowed
         key = (module, name)
@@ -172,6 +297,116 @@ _restricted_pickle = types.ModuleType("h3r_restricted_pickle")
 _restricted_pickle.Unpickler = _RestrictedUnpickler
 
 
+class _Storage:
+    """What the first pass knows of a storage: its size in elements of its dtype."""
+
+    def __init__(self, key: str, numel: int, itemsize: int) -> None:
+        self.key, self.numel, self.itemsize = key, numel, itemsize
+
+
+class _ScanUnpickler(_RestrictedUnpickler):
+    """First pass: the same restricted unpickling, with storages replaced by their declared
+    sizes (checked against the archive's records) and tensor rebuilds by bounds checks."""
+
+    def __init__(self, file, records: dict[str, zipfile.ZipInfo]) -> None:
+        super().__init__(file)
+        self._records = records
+        self._storages: dict[str, _Storage] = {}
+        self.view_bytes = 0
+        self._tensors = 0
+        self._allowed = _allowed_globals(_Budget(), self._rebuild_tensor, lambda data, *_: data)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name.endswith("Storage"):
+            try:
+                return torch.serialization.StorageType(name)
+            except KeyError:
+                pass
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"unexpected persistent id {str(pid)[:80]!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise CheckpointError(f"malformed storage record {str(pid)[:80]!r}")
+        if storage_type is torch.UntypedStorage:
+            itemsize = 1
+        elif isinstance(storage_type, torch.serialization.StorageType):
+            itemsize = torch._utils._element_size(storage_type.dtype)
+        else:
+            raise CheckpointError(f"storage {key!r} of unknown type {storage_type!r}")
+        if key in self._storages:
+            return self._storages[key]
+        record = self._records.get(key)
+        if record is None:
+            raise CheckpointError(f"storage {key!r} has no record in the archive")
+        if record.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"storage {key!r} is compressed (torch.save stores them uncompressed)")
+        if numel * itemsize > record.file_size:
+            raise CheckpointError(
+                f"storage {key!r} declares {numel * itemsize} bytes but its record holds {record.file_size}"
+            )
+        self._storages[key] = storage = _Storage(key, numel, itemsize)
+        return storage
+
+    def _rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        if not isinstance(storage, _Storage):
+            raise CheckpointError(f"tensor over a {type(storage).__name__}, not a storage")
+        ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+        if ints is None or not all(type(v) is int for v in ints) or len(size) != len(stride):
+            raise CheckpointError(f"malformed tensor view over storage {storage.key!r}")
+        if len(size) > _MAX_TENSOR_DIMS or offset < 0 or min(size, default=1) < 0:
+            raise CheckpointError(f"tensor view over storage {storage.key!r} has shape {size}, offset {offset}")
+        self._tensors += 1
+        if self._tensors > _MAX_TENSORS:
+            raise CheckpointError(f"more than {_MAX_TENSORS} tensors")
+        numel = math.prod(size)
+        if numel:
+            if any(st < 1 for n, st in zip(size, stride) if n > 1):
+                raise CheckpointError(
+                    f"tensor view with shape {size} and strides {stride} over storage {storage.key!r}: "
+                    "zero or negative strides are refused (they repeat data)"
+                )
+            extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+            if extent > storage.numel:
+                raise CheckpointError(
+                    f"tensor view with shape {size}, strides {stride}, offset {offset} reaches element "
+                    f"{extent} of storage {storage.key!r}, which holds {storage.numel}"
+                )
+        self.view_bytes += numel * storage.itemsize
+        return storage
+
+    def storage_bytes(self) -> int:
+        return sum(s.numel * s.itemsize for s in self._storages.values())
+
+
+def _scan_archive(path: Path, archive: zipfile.ZipFile, pickle_name: str) -> None:
+    """The first pass (see the module docstring); raises CheckpointError."""
+    prefix = pickle_name[: -len("data.pkl")]
+    records = {
+        info.filename[len(prefix) + len("data/"):]: info
+        for info in archive.infolist()
+        if info.filename.startswith(prefix + "data/")
+    }
+    info = archive.getinfo(pickle_name)
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: data.pkl is {info.file_size} bytes (at most {_MAX_PICKLE_BYTES})")
+    with archive.open(info) as stream:
+        scanner = _ScanUnpickler(stream, records)
+        try:
+            scanner.load()
+        except CheckpointError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+    if scanner.view_bytes > scanner.storage_bytes() + _MAX_REPEATED_BYTES:
+        raise CheckpointError(
+            f"{path}: its tensors address {scanner.view_bytes} bytes but its storages hold only "
+            f"{scanner.storage_bytes()} (overlapping views repeating more than {_MAX_REPEATED_BYTES} bytes: "
+            "amplification)"
+        )
+
+
+@_one_error
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
     """Read a ``torch.save`` checkpoint safely: ``(state_dict, model_string or None)``.
 
@@ -180,20 +415,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise CheckpointNotFoundError(f"{path}: checkpoint not found")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except zipfile.BadZipFile as exc:
+            if any(name.endswith("/constants.pkl") for name in names):
+                # torch.load would hand TorchScript archives to torch.jit.load, which runs code.
+                raise CheckpointError(f"{path}: is a TorchScript archive, not a checkpoint")
+            pickles = [name for name in names if name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(
+                    f"{path}: zip archive with {len(pickles)} data.pkl, not a torch.save checkpoint"
+                )
+            _scan_archive(path, archive, pickles[0])
+    except (zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(
             f"{path}: not a readable torch.save archive ({exc}); the file is truncated, "
             "corrupt, or not a PyTorch checkpoint"
         ) from None
-    if any(name.endswith("/constants.pkl") for name in names):
-        # torch.load would hand TorchScript archives to torch.jit.load, which runs code.
-        raise CheckpointError(f"{path}: is a TorchScript archive, not a checkpoint")
-    if not any(name.endswith("/data.pkl") for name in names):
-        raise CheckpointError(f"{path}: zip archive without data.pkl, not a torch.save checkpoint")
 
     try:
         obj = torch.load(
@@ -217,6 +456,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state dict entries that are not tensors: {bad[:_LISTED]}")
+    if model_string is not None and len(model_string) > _MAX_MODEL_STRING:
+        raise CheckpointError(f"{path}: model string of {len(model_string)} characters (at most {_MAX_MODEL_STRING})")
     return state_dict, model_string
 
 
@@ -322,6 +563,7 @@ def converted_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
     return prefix.with_name(prefix.name + ".safetensors"), prefix.with_name(prefix.name + ".json")
 
 
+@_one_error
 def convert_checkpoint(
     pth_path: str | os.PathLike, out_prefix: str | os.PathLike | None = None, variant: str | None = None
 ) -> tuple[Path, Path]:
@@ -339,14 +581,6 @@ def convert_checkpoint(
         check_state_dict(Human3R(cfg), state_dict, pth_path)
 
     tensors, aliases = _unshare(state_dict)
-    header = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "model_string": model_string,
-        "variant": None if model_string else variant,
-        "aliases": aliases,
-        "source": {"name": pth_path.name, "size": pth_path.stat().st_size},
-    }
     if out_prefix is None:
         out_prefix = pth_path.with_suffix("")
     tensors_path, header_path = converted_paths(out_prefix)
@@ -357,6 +591,15 @@ def convert_checkpoint(
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file(tensors, tmp_tensors, metadata={"format": FORMAT_NAME})
         shutil.copymode(pth_path, tmp_tensors)  # readable by whoever could read the .pth
+        header = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model_string": model_string,
+            "variant": None if model_string else variant,
+            "aliases": aliases,
+            "source": {"name": pth_path.name, "size": pth_path.stat().st_size},
+            "tensors": _tensor_file_binding(tmp_tensors),
+        }
         tmp_header.write_text(json.dumps(header, indent=1) + "\n")
         os.replace(tmp_tensors, tensors_path)
         os.replace(tmp_header, header_path)  # last: the header's presence marks a complete pair
@@ -394,10 +637,30 @@ def _unshare(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return tensors, aliases
 
 
+def _tensor_file_binding(tensors_path: Path) -> dict:
+    """What ties a header to its tensor file: the file's size and the SHA-256 of its
+    safetensors header (names, dtypes, shapes and offsets of every tensor)."""
+    size = tensors_path.stat().st_size
+    with open(tensors_path, "rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{tensors_path}: too short for a safetensors file ({size} bytes)")
+        length = int.from_bytes(prefix, "little")
+        if length > _MAX_SAFETENSORS_HEADER or 8 + length > size:
+            raise CheckpointError(
+                f"{tensors_path}: safetensors header of {length} bytes in a {size}-byte file "
+                f"(at most {_MAX_SAFETENSORS_HEADER})"
+            )
+        digest = hashlib.sha256(stream.read(length)).hexdigest()
+    return {"size": size, "header_sha256": digest}
+
+
 def _read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
+        if header_path.stat().st_size > _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{header_path}: larger than {_MAX_HEADER_BYTES} bytes")
         header = json.loads(header_path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{header_path}: cannot read converted-checkpoint header: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{header_path}: not an h3r_ros converted-checkpoint header")
@@ -406,13 +669,28 @@ def _read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, to
             f"{header_path}: format version {header.get('format_version')!r} is not supported "
             f"(expected {FORMAT_VERSION}); re-run python -m h3r_ros.model.convert"
         )
+    if not tensors_path.is_file():
+        raise CheckpointNotFoundError(f"{tensors_path}: tensor file of {header_path} not found")
+    if header.get("tensors") != _tensor_file_binding(tensors_path):
+        raise CheckpointError(
+            f"{header_path} does not belong to {tensors_path} (the tensor file's size or header hash "
+            "differs from the one recorded at conversion); re-run python -m h3r_ros.model.convert"
+        )
+    model_string, aliases = header.get("model_string"), header.get("aliases", {})
+    if model_string is not None and not (isinstance(model_string, str) and len(model_string) <= _MAX_MODEL_STRING):
+        raise CheckpointError(f"{header_path}: model_string is not a string of at most {_MAX_MODEL_STRING} characters")
+    if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+        raise CheckpointError(f"{header_path}: aliases must map names to names")
     try:
         state_dict = safetensors.torch.load_file(tensors_path)
     except Exception as exc:
         raise CheckpointError(f"{tensors_path}: cannot read safetensors file: {exc}") from exc
-    for alias, key in header.get("aliases", {}).items():
-        if key not in state_dict:
+    for alias, key in aliases.items():
+        if alias in state_dict:
+            raise CheckpointError(f"{header_path}: alias {alias!r} would replace a stored tensor")
+        if key not in state_dict or key in aliases:
             raise CheckpointError(f"{header_path}: alias {alias!r} refers to missing key {key!r}")
+    for alias, key in aliases.items():
         state_dict[alias] = state_dict[key]
     return state_dict, header
 
@@ -421,6 +699,7 @@ def _read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, to
 # Entry point
 
 
+@_one_error
 def load_human3r(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -481,12 +760,17 @@ def _resolve_config(model_string: str | None, variant: str | None, source: Any) 
     if model_string is not None:
         if variant is not None:
             log.warning("%s: ignoring variant=%r: the file's model string defines the model", source, variant)
+        if not isinstance(model_string, str) or len(model_string) > _MAX_MODEL_STRING:
+            raise CheckpointError(f"{source}: model string is not a string of at most {_MAX_MODEL_STRING} characters")
         try:
             return Human3RConfig.from_kwargs(parse_model_string(model_string))
-        except ValueError as exc:
-            raise CheckpointError(f"{source}: bad model string: {exc}") from None
+        except (ValueError, TypeError, OverflowError, IndexError, RecursionError, MemoryError) as exc:
+            raise CheckpointError(f"{source}: bad model string: {type(exc).__name__}: {exc}") from None
     if variant is not None:
-        return Human3RConfig.variant(variant)
+        try:
+            return Human3RConfig.variant(variant)
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
     raise CheckpointError(
         f"{source}: no ARCroco3DStereo(...) model string found in the checkpoint; "
         "pass variant=... (e.g. '896L') to choose the configuration"

@@ -27,6 +27,27 @@ VARIANTS = {
     "896L": ("dinov2_vitl14", 896),
 }
 
+# Sane ranges of the sizes a checkpoint's model string sets (inclusive): the largest released
+# model (896L) is well inside them, and a hostile string cannot make the loader build an
+# arbitrarily large model.
+SIZE_BOUNDS = {
+    "patch_size": (1, 64),
+    "enc_embed_dim": (4, 4096),
+    "enc_depth": (1, 64),
+    "enc_num_heads": (1, 64),
+    "dec_embed_dim": (4, 4096),
+    "dec_depth": (4, 64),
+    "dec_num_heads": (1, 64),
+    "state_size": (1, 4096),
+    "state_dec_num_heads": (1, 64),
+    "local_mem_size": (1, 4096),
+    "local_mem_depth": (1, 16),
+    "ray_enc_depth": (0, 64),
+    "mhmr_img_res": (14, 1792),
+    "mlp_ratio": (0.25, 16.0),
+    "rope_base": (1.0, 1e6),
+}
+
 # Constructor kwargs of ARCroco3DStereoConfig that never influence the inference graph.
 _IGNORED_KWARGS = frozenset(
     {"freeze", "img_size", "patch_embed_cls", "landscape_only", "use_prompt", "is_shallow", "prompt_size"}
@@ -87,6 +108,10 @@ class Human3RConfig:
     sinkhorn_alpha: float = -10.0
 
     def __post_init__(self):
+        for name, (low, high) in SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name}={value} is outside the supported range [{low}, {high}]")
         if self.backbone not in DINOV2_ARCHS:
             raise ValueError(f"unsupported backbone {self.backbone!r}; expected one of {sorted(DINOV2_ARCHS)}")
         if self.mhmr_img_res % DINOV2_PATCH_SIZE:

@@ -15,9 +15,10 @@ RECEIVED = "received"  # messages that arrived (valid or not)
 PROCESSED = "processed"  # frames that went through the engine and were published
 DROPPED = "dropped"  # valid frames replaced by a newer one before inference started
 STALE = "stale"  # frames skipped because older than max_image_age
-BAD = "bad_messages"  # undecodable messages
+BAD = "bad_messages"  # invalid messages (layout, size, stamp, frame id)
+OUT_OF_ORDER = "out_of_order"  # frames stamped slightly before the previous one
 ERRORS = "errors"  # exceptions while processing a frame
-COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, ERRORS)
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, ERRORS)
 NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
 
 
@@ -101,13 +102,16 @@ def _ms(seconds: float | None) -> str:
 
 
 def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: dict[str, str],
-                    idle_reason: str = "") -> DiagnosticArray:
+                    idle_reason: str = "", node_error: str = "") -> DiagnosticArray:
     """One DiagnosticStatus: rates, drops, latency, stage times, plus ``state`` (device,
     model, lifecycle state...). ``idle_reason`` (inactive, disabled) says why no input is
-    expected; otherwise silence is a warning."""
+    expected; otherwise silence is a warning. ``node_error`` (e.g. why configure failed)
+    makes the status an error."""
     c, seconds = window.counts, window.seconds
     input_hz, processed_hz = c[RECEIVED] / seconds, c[PROCESSED] / seconds
-    if c[ERRORS]:
+    if node_error:
+        level, message = DiagnosticStatus.ERROR, node_error
+    elif c[ERRORS]:
         level, message = DiagnosticStatus.ERROR, f"{c[ERRORS]} frame(s) failed: {window.last_error}"
     elif idle_reason:
         level, message = DiagnosticStatus.OK, idle_reason
@@ -116,7 +120,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
     elif window.since_input > NO_INPUT_WARNING:
         level, message = DiagnosticStatus.WARN, f"no images received for {window.since_input:.0f} s"
     elif c[BAD]:
-        level, message = DiagnosticStatus.WARN, f"{c[BAD]} undecodable image message(s) dropped"
+        level, message = DiagnosticStatus.WARN, f"{c[BAD]} invalid image message(s) dropped"
     else:
         level = DiagnosticStatus.OK
         message = f"processing {processed_hz:.2f} Hz of {input_hz:.2f} Hz input"
@@ -129,6 +133,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         "dropped frames (total)": str(window.totals[DROPPED]),
         "stale frames skipped (total)": str(window.totals[STALE]),
         "bad messages (total)": str(window.totals[BAD]),
+        "out-of-order frames dropped (total)": str(window.totals[OUT_OF_ORDER]),
         "failed frames (total)": str(window.totals[ERRORS]),
         "processed frames (total)": str(window.totals[PROCESSED]),
         "stamp age at publication, last (ms)": _ms(window.last_age),

@@ -43,6 +43,11 @@ class VoxelMap:
         self._pending_points = 0
         self._dirty = True  # the emptied map is worth publishing
 
+    @property
+    def size(self) -> int:
+        """Points held, merged and pending (at most about 2 x max_points)."""
+        return self.points.shape[0] + self._pending_points
+
     def add(self, points: np.ndarray, colors: np.ndarray) -> None:
         """Queue one frame's points ((N, 3) float32) and colours ((N, 3) uint8)."""
         if points.shape[0] == 0:

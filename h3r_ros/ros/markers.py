@@ -1,8 +1,11 @@
 """RViz markers for tracked people, with a per-track marker lifecycle.
 
-Each track owns the namespace ``human_<track_id>`` with fixed marker ids (bones, joints,
-mesh) and a colour derived from the id, so RViz replaces a person's markers in place.
-When a track is no longer seen its markers are deleted; a reset deletes everything.
+Three fixed namespaces (bones, joints, mesh); a person's markers carry its track id as
+marker id and a colour derived from it, so RViz replaces them in place. RViz keeps every
+namespace it has seen, so namespaces must not grow with the number of tracks. Every marker
+has a lifetime (a few inference periods): markers vanish by themselves when the node stops
+or a person stops being seen. A track that ends gets DELETE for the markers it had; a reset
+deletes everything.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import colorsys
 
 import numpy as np
+from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -22,15 +26,16 @@ SMPLX_PARENTS = (
 )
 BONES = np.array([(parent, child) for child, parent in enumerate(SMPLX_PARENTS) if parent >= 0])
 
-BONES_ID, JOINTS_ID, MESH_ID = 0, 1, 2
-MARKER_IDS = (BONES_ID, JOINTS_ID, MESH_ID)
+BONES_NS, JOINTS_NS, MESH_NS = "human_bones", "human_joints", "human_mesh"
+NAMESPACES = (BONES_NS, JOINTS_NS, MESH_NS)
+_ID_RANGE = 2**31  # Marker.id is int32
 BONE_WIDTH = 0.02  # m
 JOINT_DIAMETER = 0.04  # m
 MESH_ALPHA = 0.6
 
 
-def namespace(track_id: int) -> str:
-    return f"human_{track_id}"
+def marker_id(track_id: int) -> int:
+    return int(track_id) % _ID_RANGE
 
 
 def track_color(track_id: int, alpha: float = 1.0) -> ColorRGBA:
@@ -43,57 +48,82 @@ def _points(xyz: np.ndarray) -> list[Point]:
     return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, dtype=np.float64).tolist()]
 
 
-def _marker(header: Header, track_id: int, marker_id: int, kind: int, scale: float, alpha: float = 1.0) -> Marker:
-    marker = Marker(header=header, ns=namespace(track_id), id=marker_id, type=kind, action=Marker.ADD)
+def _duration(seconds: float) -> Duration:
+    nanoseconds = max(int(round(seconds * 1e9)), 0)
+    return Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def _marker(header: Header, track_id: int, ns: str, kind: int, scale: float, alpha: float = 1.0) -> Marker:
+    marker = Marker(header=header, ns=ns, id=marker_id(track_id), type=kind, action=Marker.ADD)
     marker.pose.orientation.w = 1.0
     marker.scale = Vector3(x=scale, y=scale, z=scale)
     marker.color = track_color(track_id, alpha)
     return marker
 
 
-def skeleton_markers(header: Header, track_id: int, joints: np.ndarray) -> list[Marker]:
-    """LINE_LIST bones and SPHERE_LIST joints of one person (joints: (55, 3))."""
-    bones = _marker(header, track_id, BONES_ID, Marker.LINE_LIST, BONE_WIDTH)
+def skeleton_markers(header: Header, track_id: int, joints: np.ndarray, lifetime: float = 0.0) -> list[Marker]:
+    """LINE_LIST bones and SPHERE_LIST joints of one person (joints: (55, 3)); ``lifetime``
+    in seconds, 0 = forever."""
+    bones = _marker(header, track_id, BONES_NS, Marker.LINE_LIST, BONE_WIDTH)
     bones.points = _points(joints[BONES.reshape(-1)])
-    spheres = _marker(header, track_id, JOINTS_ID, Marker.SPHERE_LIST, JOINT_DIAMETER)
+    spheres = _marker(header, track_id, JOINTS_NS, Marker.SPHERE_LIST, JOINT_DIAMETER)
     spheres.points = _points(joints)
+    bones.lifetime = spheres.lifetime = _duration(lifetime)
     return [bones, spheres]
 
 
-def mesh_marker(header: Header, track_id: int, vertices: np.ndarray, faces: np.ndarray) -> Marker:
+def mesh_marker(header: Header, track_id: int, vertices: np.ndarray, faces: np.ndarray,
+                lifetime: float = 0.0) -> Marker:
     """TRIANGLE_LIST of one SMPL-X mesh (vertices (V, 3), faces (F, 3) int)."""
-    mesh = _marker(header, track_id, MESH_ID, Marker.TRIANGLE_LIST, 1.0, MESH_ALPHA)
+    mesh = _marker(header, track_id, MESH_NS, Marker.TRIANGLE_LIST, 1.0, MESH_ALPHA)
     mesh.points = _points(vertices[faces.reshape(-1)])
+    mesh.lifetime = _duration(lifetime)
     return mesh
 
 
 class TrackMarkers:
-    """Builds each frame's MarkerArray and remembers which tracks have markers in RViz."""
+    """Builds each frame's MarkerArray and remembers which markers each track has in RViz."""
 
     def __init__(self) -> None:
-        self._shown: set[int] = set()
+        self._skeletons: set[int] = set()  # track ids with bones and joints shown
+        self._meshes: set[int] = set()  # track ids with a mesh shown
         self._clear_all = True  # start from a clean display (markers of an earlier run)
 
     def reset(self) -> None:
         """The next update begins with DELETEALL."""
-        self._shown.clear()
+        self._skeletons.clear()
+        self._meshes.clear()
         self._clear_all = True
 
-    def update(self, header: Header, people, faces: np.ndarray | None = None) -> MarkerArray:
+    @property
+    def shown(self) -> int:
+        """Markers currently tracked (bounded by the people of the last frame)."""
+        return len(self._skeletons) * 2 + len(self._meshes)
+
+    def update(self, header: Header, people, faces: np.ndarray | None = None, lifetime: float = 0.0,
+               mesh_lifetime: float = 0.0) -> MarkerArray:
         """Markers for this frame's people (objects with ``track_id``, ``joints_world`` and,
-        when ``faces`` is given, ``vertices_world``); tracks that vanished get DELETE."""
+        when ``faces`` is given, ``vertices_world``); tracks that vanished get DELETE for
+        the markers they had. Lifetimes in seconds (0 = until deleted)."""
         markers: list[Marker] = []
         if self._clear_all:
             markers.append(Marker(header=header, action=Marker.DELETEALL))
             self._clear_all = False
         current = {int(p.track_id) for p in people}
-        for track_id in sorted(self._shown - current):
-            for marker_id in MARKER_IDS:
-                markers.append(Marker(header=header, ns=namespace(track_id), id=marker_id, action=Marker.DELETE))
+
+        def delete(ns: str, track_id: int) -> Marker:
+            return Marker(header=header, ns=ns, id=marker_id(track_id), action=Marker.DELETE)
+
+        for track_id in sorted(self._skeletons - current):
+            markers += [delete(BONES_NS, track_id), delete(JOINTS_NS, track_id)]
+        for track_id in sorted(self._meshes - current):
+            markers.append(delete(MESH_NS, track_id))
+        self._meshes &= current
         for person in people:
             track_id = int(person.track_id)
-            markers.extend(skeleton_markers(header, track_id, person.joints_world))
+            markers.extend(skeleton_markers(header, track_id, person.joints_world, lifetime))
             if faces is not None:
-                markers.append(mesh_marker(header, track_id, person.vertices_world, faces))
-        self._shown = current
+                markers.append(mesh_marker(header, track_id, person.vertices_world, faces, mesh_lifetime))
+                self._meshes.add(track_id)
+        self._skeletons = current
         return MarkerArray(markers=markers)

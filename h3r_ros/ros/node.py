@@ -7,7 +7,12 @@ diagnostics, so it never waits for the model.
 
 Lifecycle: configure loads weights and SMPL-X and creates publishers and services; activate
 starts the inference thread and the subscriptions; deactivate stops both; cleanup releases
-the model and its device memory.
+the model and its device memory. A transition that raises is logged with its traceback and
+fails cleanly (configure leaves the node unconfigured); /diagnostics is published from
+construction on, with the lifecycle state and the last error.
+
+Nothing a message holds can stop the node: invalid messages are dropped and counted, and an
+exception escaping any callback is logged with its traceback while the node keeps spinning.
 
 Interface (relative names; remap in launch). QoS: inputs depth 1 (image_qos); per-frame
 outputs reliable volatile; map_cloud reliable transient local.
@@ -24,15 +29,18 @@ outputs reliable volatile; map_cloud reliable transient local.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, replace
 
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Path
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -44,7 +52,8 @@ from visualization_msgs.msg import MarkerArray
 
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, parameters
-from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, STALE, NodeStats, diagnostics_msg
+from h3r_ros.engine.preprocess import crop_geometry
+from h3r_ros.ros.diagnostics import BAD, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine
 from h3r_ros.ros.image_decoding import (
     ImageDecodeError,
@@ -61,6 +70,9 @@ NODE_NAME = "human3r_node"
 FALLBACK_CAMERA_FRAME = "camera_optical_frame"  # when neither the parameter nor the header names one
 HUMAN_MASK_THRESHOLD = 0.1  # the Human3R demo's msk_threshold for "human pixel"
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
+MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
+MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
+_NANOSECONDS = 1_000_000_000
 
 # Per-frame outputs: reliable, volatile, keep only what a slow subscriber can still use.
 _FRAME_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -113,21 +125,26 @@ class _Wanted:
 class Human3RNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        parameters.declare(self)
+        self._lifecycle_state = "unconfigured"
+        self._last_error = ""
+        # Start-up values that failed their checks: name -> reason; configure refuses them.
+        self._parameter_errors = parameters.declare(self)
+        for name, reason in self._parameter_errors.items():
+            self._report_error(f"parameter {name} rejected, default kept: {reason}")
+        self.add_on_set_parameters_callback(self._check_parameter_change)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._settings = parameters.read(self)
-        self._lifecycle_state = "unconfigured"
         self._enabled = True
         self._stats = NodeStats()
         self._loaded: LoadedEngine | None = None
         self._outputs: _Outputs | None = None
         self._service_handles: list = []
-        self._diagnostics_pub = None
-        self._diagnostics_timer = None
         self._inputs: list = []
         self._worker: InferenceWorker | None = None
         self._check = self._decode = None
-        self._last_stamp: Time | None = None
+        self._last_stamp: int | None = None  # ns of the newest accepted image
+        self._frame_period: float | None = None  # smoothed s between processed frames
+        self._last_processed = -math.inf
         self._camera_info: CameraInfo | None = None
         self._focal = {"estimated": math.nan, "camera_info": math.nan}
         # Output state, touched only by the inference thread (or while it is stopped).
@@ -136,6 +153,58 @@ class Human3RNode(LifecycleNode):
         self._path: deque = deque()
         self._last_map_publish = -math.inf
         self._last_mesh = -math.inf
+        # Diagnostics also report an unconfigured or inactive node: not lifecycle-managed.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = None
+        self._start_diagnostics(self._settings.diagnostics_period)
+
+    def create_subscription(self, msg_type, topic, callback, *args, **kwargs):
+        return super().create_subscription(msg_type, topic, self._guarded(callback), *args, **kwargs)
+
+    def create_service(self, srv_type, name, callback, *args, **kwargs):
+        return super().create_service(srv_type, name, self._guarded(callback), *args, **kwargs)
+
+    def create_timer(self, period, callback, *args, **kwargs):
+        return super().create_timer(period, self._guarded(callback), *args, **kwargs)
+
+    def _guarded(self, callback):
+        """``callback`` such that an exception is logged with its traceback and recorded
+        instead of leaving the executor's spin (which would end the process). A service
+        callback answers with success false."""
+        name = getattr(callback, "__name__", repr(callback))
+
+        @functools.wraps(callback)
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as exc:  # noqa: BLE001 - nothing may stop the executor
+                self._report_error(f"{name} failed: {type(exc).__name__}: {exc}", traceback.format_exc(),
+                                   throttle=WARN_PERIOD)
+                if len(args) == 2 and hasattr(args[1], "success"):  # (request, response)
+                    response = args[1]
+                    response.success = False
+                    if hasattr(response, "message"):
+                        response.message = f"{type(exc).__name__}: {exc}"
+                    return response
+                return None
+
+        return guarded
+
+    def _report_error(self, text: str, trace: str = "", throttle: float | None = None) -> None:
+        """Log an error (with its traceback when given) and keep it for /diagnostics."""
+        self._last_error = text
+        message = f"{text}\n{trace.rstrip()}" if trace else text
+        if throttle:
+            self.get_logger().error(message, throttle_duration_sec=throttle)
+        else:
+            self.get_logger().error(message)
+
+    def _start_diagnostics(self, period: float) -> None:
+        if self._diagnostics_timer is not None:
+            if abs(self._diagnostics_timer.timer_period_ns * 1e-9 - period) < 1e-9:
+                return
+            self.destroy_timer(self._diagnostics_timer)
+        self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
 
     @property
     def lifecycle_state(self) -> str:
@@ -144,15 +213,46 @@ class Human3RNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _transition(self, name: str, body, state: LifecycleState, undo) -> TransitionCallbackReturn:
+        """Run a transition; on an exception log it with its traceback, ``undo()`` what was
+        done and fail (rclpy would otherwise swallow the cause)."""
+        try:
+            return body(state)
+        except Exception as exc:  # noqa: BLE001 - any failure must leave a clean, explained state
+            self._report_error(f"{name} failed: {type(exc).__name__}: {exc}", traceback.format_exc())
+            try:
+                undo()
+            except Exception as cleanup_exc:  # noqa: BLE001
+                self._report_error(f"{name} failed, and undoing it too: {cleanup_exc}", traceback.format_exc())
+            return TransitionCallbackReturn.FAILURE
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("configure", self._configure, state, self._release)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("activate", self._activate, state, self._undo_activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("deactivate", self._deactivate, state, self._undo_activate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("cleanup", self._cleanup, state, self._release)
+
+    def _undo_activate(self) -> None:
+        self._stop_processing()
+        super().on_deactivate(None)
+
+    def _configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = parameters.read(self)
-        if not settings.world_frame:
-            self.get_logger().error("configure failed: parameter world_frame must not be empty")
+        problems = [f"{name} (start-up value rejected: {reason})" for name, reason in self._parameter_errors.items()]
+        problems += parameters.check_settings(settings)
+        if problems:
+            self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE
         try:
             self._loaded = load_engine(settings)
         except LoadError as exc:
-            self.get_logger().error(f"configure failed: {exc}")
+            self._report_error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._settings = settings
         self.get_logger().info(f"loaded Human3R: {self._loaded.description}")
@@ -171,21 +271,22 @@ class Human3RNode(LifecycleNode):
             self.create_service(Trigger, "~/reset", self._on_reset),
             self.create_service(SetBool, "~/enable", self._on_enable),
         ]
-        # Diagnostics also report an inactive node, so this publisher is not lifecycle-managed.
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diagnostics_timer = self.create_timer(settings.diagnostics_period, self._publish_diagnostics)
+        self._start_diagnostics(settings.diagnostics_period)
         self._map = VoxelMap(settings.map_voxel_size, settings.map_max_points)
         self._reset_outputs()
         self._lifecycle_state = "inactive"
+        self._last_error = ""
         return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._settings
         enabled = super().on_activate(state)  # enables the lifecycle publishers
         if enabled != TransitionCallbackReturn.SUCCESS:
             return enabled
         self._stats = NodeStats()
         self._last_stamp = None
+        self._frame_period = None
+        self._last_processed = -math.inf
         self._worker = InferenceWorker(self._process, self._reset_state, self._on_worker_error)
         self._worker.start()
         qos = input_qos(settings.image_qos)
@@ -203,28 +304,34 @@ class Human3RNode(LifecycleNode):
         self.get_logger().info(f"active: reading {image_sub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         super().on_deactivate(state)
         self._lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         self._lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        self._release()
+        try:
+            self._stop_processing()
+            self._release()
+        except Exception as exc:  # noqa: BLE001 - shutting down regardless
+            self._report_error(f"shutdown: {type(exc).__name__}: {exc}", traceback.format_exc())
         self._lifecycle_state = "finalized"
         self.get_logger().info("shut down: inference thread stopped, model released")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.get_logger().error(f"error while leaving state {state.label}: releasing everything")
-        self._stop_processing()
-        self._release()
+        self._report_error(f"error while leaving state {state.label}: releasing everything")
+        try:
+            self._stop_processing()
+            self._release()
+        except Exception as exc:  # noqa: BLE001
+            self._report_error(f"error recovery: {type(exc).__name__}: {exc}", traceback.format_exc())
         self._lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
@@ -244,10 +351,6 @@ class Human3RNode(LifecycleNode):
         for service in self._service_handles:
             self.destroy_service(service)
         self._service_handles = []
-        if self._diagnostics_timer is not None:
-            self.destroy_timer(self._diagnostics_timer)
-            self.destroy_publisher(self._diagnostics_pub)
-            self._diagnostics_timer = self._diagnostics_pub = None
         device = self._loaded.device if self._loaded is not None else None
         self._loaded = None
         self._map = None
@@ -257,7 +360,22 @@ class Human3RNode(LifecycleNode):
 
     # ------------------------------------------------------------------ parameters
 
+    def _check_parameter_change(self, changed):
+        """Refuse changing a configure-time parameter while configured: it would be accepted
+        and silently do nothing until the next configure."""
+        if self._lifecycle_state in ("inactive", "active"):
+            for parameter in changed:
+                if parameter.name in parameters.LIVE_PARAMETERS or not self.has_parameter(parameter.name):
+                    continue
+                if parameter.value != self.get_parameter(parameter.name).value:
+                    return SetParametersResult(successful=False, reason=(
+                        f"{parameter.name} is read when the node is configured: deactivate and clean up "
+                        "the node, set it, then configure (and activate) again"))
+        return SetParametersResult(successful=True)
+
     def _on_parameters_set(self, changed) -> None:
+        for parameter in changed:
+            self._parameter_errors.pop(parameter.name, None)
         live = {p.name: p.value for p in changed if p.name in parameters.LIVE_PARAMETERS}
         if live:
             self._settings = replace(self._settings, **live)
@@ -269,14 +387,24 @@ class Human3RNode(LifecycleNode):
         worker = self._worker  # None while a transition (from another thread) tears down
         if not self._enabled or worker is None:
             return
+        settings = self._settings
         try:
-            self._check(msg)
-        except ImageDecodeError as exc:
+            stamp = _stamp_ns(msg.header.stamp)
+            width, height = self._check(msg, settings.max_image_pixels)
+            crop_geometry(width, height, settings.input_size)
+            self._check_frame_id(msg.header.frame_id, settings)
+        except ValueError as exc:  # ImageDecodeError, or a frame the model cannot take
             self._bad_message(exc)
             return
-        stamp = Time.from_msg(msg.header.stamp)
         if self._last_stamp is not None and stamp < self._last_stamp:
-            jump = (self._last_stamp - stamp).nanoseconds * 1e-9
+            jump = (self._last_stamp - stamp) * 1e-9
+            if jump < settings.stamp_jump_threshold:
+                self._stats.count(OUT_OF_ORDER)
+                self.get_logger().warning(
+                    f"dropping an image stamped {jump:.3f} s before the previous one (out of order; "
+                    f"stamp_jump_threshold {settings.stamp_jump_threshold} s)", throttle_duration_sec=WARN_PERIOD,
+                )
+                return
             self.get_logger().warning(
                 f"image stamp jumped back by {jump:.3f} s (bag loop or clock reset): resetting the reconstruction"
             )
@@ -284,6 +412,17 @@ class Human3RNode(LifecycleNode):
         self._last_stamp = stamp
         if worker.submit(msg):
             self._stats.count(DROPPED)
+
+    @staticmethod
+    def _check_frame_id(frame_id: str, settings) -> None:
+        """A header frame_id the node would publish (camera_frame unset) must be a frame name."""
+        if settings.camera_frame or not frame_id:
+            return  # the parameter wins; no frame_id falls back to FALLBACK_CAMERA_FRAME
+        reason = parameters.valid_frame_name(frame_id)
+        if reason:
+            raise ImageDecodeError(f"header frame_id {reason}")
+        if frame_id == settings.world_frame:
+            raise ImageDecodeError(f"header frame_id {frame_id!r} is the world frame")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         if conversions.valid_intrinsics(msg.k):
@@ -317,10 +456,22 @@ class Human3RNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
+    def bounded_sizes(self) -> dict[str, int]:
+        """Sizes of every structure that grows with the run, each with a bound."""
+        loaded, voxel_map = self._loaded, self._map
+        return {
+            "map points": 0 if voxel_map is None else voxel_map.size,
+            "camera path poses": len(self._path),
+            "tracks in the bank": 0 if loaded is None else loaded.engine.tracks,
+            "markers shown": self._markers.shown,
+        }
+
     def _publish_diagnostics(self) -> None:
         loaded = self._loaded
         state = {
             "lifecycle state": self._lifecycle_state,
+            "last error": self._last_error or "none",
+            **{key: str(value) for key, value in self.bounded_sizes().items()},
             "enabled": str(self._enabled).lower(),
             "model": loaded.description if loaded is not None else "not loaded",
             "estimated focal (px, model input)": f"{self._focal['estimated']:.1f}",
@@ -341,6 +492,7 @@ class Human3RNode(LifecycleNode):
             self._stats.take_window(),
             state,
             idle_reason=self._idle_reason(),
+            node_error=self._last_error if self._lifecycle_state == "unconfigured" else "",
         )
         self._diagnostics_pub.publish(msg)
 
@@ -370,6 +522,11 @@ class Human3RNode(LifecycleNode):
 
     def _process(self, msg) -> None:
         settings = self._settings
+        now = time.monotonic()
+        if math.isfinite(self._last_processed):
+            period = now - self._last_processed
+            self._frame_period = period if self._frame_period is None else 0.8 * self._frame_period + 0.2 * period
+        self._last_processed = now
         if settings.max_image_age > 0.0:
             age = self._age(msg.header.stamp)
             if age > settings.max_image_age:
@@ -380,7 +537,7 @@ class Human3RNode(LifecycleNode):
                 )
                 return
         try:
-            rgb = self._decode(msg)
+            rgb = self._decode(msg, settings.max_image_pixels)
         except ImageDecodeError as exc:
             self._bad_message(exc)
             return
@@ -440,7 +597,9 @@ class Human3RNode(LifecycleNode):
         self._publish_points(result, world, settings, wanted)
         if wanted.markers:
             faces = self._loaded.faces if wanted.mesh else None
-            out.markers.publish(self._markers.update(world, result.people, faces))
+            lifetime = self._marker_lifetime()
+            mesh_lifetime = lifetime + 2.0 * settings.mesh_publish_period
+            out.markers.publish(self._markers.update(world, result.people, faces, lifetime, mesh_lifetime))
             if wanted.mesh:
                 self._last_mesh = time.monotonic()
         if settings.publish_path:
@@ -453,6 +612,12 @@ class Human3RNode(LifecycleNode):
             out.depth.publish(conversions.depth_msg(result.points_cam, camera))
         if wanted.camera_info:
             out.camera_info.publish(conversions.camera_info_msg(result.K, result.input_size, camera))
+
+    def _marker_lifetime(self) -> float:
+        """A few inference periods: markers outlive the gap to the next frame, not the node."""
+        low, high = MARKER_LIFETIME_RANGE
+        period = self._frame_period if self._frame_period is not None else low
+        return min(max(MARKER_LIFETIME_PERIODS * period, low), high)
 
     def _publish_points(self, result, world: Header, settings, wanted: _Wanted) -> None:
         if result.points_world is None:
@@ -485,3 +650,10 @@ class Human3RNode(LifecycleNode):
         info = self._camera_info
         matches = info is not None and (info.height, info.width) == tuple(image_hw)
         self._focal["camera_info"] = float(info.k[0] * result.scale) if matches else math.nan
+
+
+def _stamp_ns(stamp) -> int:
+    """A header stamp in nanoseconds; ImageDecodeError for stamps ROS time cannot hold."""
+    if stamp.sec < 0 or not 0 <= stamp.nanosec < _NANOSECONDS:
+        raise ImageDecodeError(f"invalid header stamp (sec {stamp.sec}, nanosec {stamp.nanosec})")
+    return stamp.sec * _NANOSECONDS + stamp.nanosec

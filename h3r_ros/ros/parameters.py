@@ -3,17 +3,29 @@
 ``config/human3r.yaml`` restates the defaults for users; a test keeps the two in sync.
 Parameters marked ``live`` take effect on the next processed frame; the others are read
 when the node is configured (change them, then cleanup + configure).
+
+Values are checked wherever they come from: ranges by rclpy (descriptors), choices, frame
+names and the camera/world pair by ``validate``, which runs for start-up values (params file,
+``-p``, launch) as well as for runtime changes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+from h3r_ros.ros.image_decoding import DEFAULT_MAX_PIXELS
 
 TF_MODES = ("world_to_camera", "camera_to_world", "none")
 DTYPES = ("float32", "bfloat16")
 IMAGE_QOS = ("sensor_data", "reliable")
+VARIANTS = ("", "672S", "672B", "672L", "896L")
+INPUT_SIZE_STEP = 16  # the model's patch size
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_BODY_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class Settings:
     compressed_input: bool = False
     image_qos: str = "sensor_data"
     max_image_age: float = 0.0
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    stamp_jump_threshold: float = 1.0
     publish_cloud: bool = True
     publish_map: bool = True
     publish_markers: bool = True
@@ -76,14 +90,14 @@ _SPECS: dict[str, _Spec] = {
     "checkpoint": _Spec("Human3R checkpoint (.pth); '' = the first human3r*.pth found in models/ "
                         "(next to the package sources or its share directory)."),
     "variant": _Spec("Model variant (672S, 672B, 672L, 896L); '' = read from the checkpoint. "
-                     "Only needed with random weights."),
+                     "Only needed with random weights.", choices=VARIANTS),
     "allow_random_weights": _Spec("Start with random weights when no checkpoint is found (testing "
                                   "the plumbing only; the outputs are meaningless)."),
     "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/."),
     "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
     "dtype": _Spec("Inference precision.", choices=DTYPES),
-    "input_size": _Spec("Long side of the model input in pixels (the released models were trained "
-                        "at 512).", min_value=64, max_value=4096),
+    "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
+                        "models were trained at 512).", min_value=64, max_value=2048),
     "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "
                             "stays continuous (bounds drift on long runs); 0 = never.",
                             min_value=0, max_value=_POS_INT_MAX),
@@ -115,6 +129,13 @@ _SPECS: dict[str, _Spec] = {
                        "matches any publisher) or 'reliable'.", choices=IMAGE_QOS),
     "max_image_age": _Spec("Skip frames whose stamp is older than this many seconds when inference "
                            "would start (counted in diagnostics); 0 = off.", live=True, min_value=0.0),
+    "max_image_pixels": _Spec("Refuse images with more pixels than this (raw, and compressed ones from "
+                              "their header, before decoding): bounds the memory one message can take.",
+                              live=True, min_value=1, max_value=_POS_INT_MAX),
+    "stamp_jump_threshold": _Spec("An image stamped earlier than the previous one by less than this many "
+                                  "seconds is dropped as out of order (counted); a larger backwards jump "
+                                  "(bag loop, clock reset) resets the reconstruction.", live=True,
+                                  min_value=0.0),
     "publish_cloud": _Spec("Publish the current frame's point cloud on 'cloud'.", live=True),
     "publish_map": _Spec("Accumulate a voxel map and publish it on 'map_cloud' (transient local).", live=True),
     "publish_markers": _Spec("Publish skeleton markers on 'markers'.", live=True),
@@ -159,7 +180,8 @@ def _descriptor(name: str, spec: _Spec, default) -> ParameterDescriptor:
         descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.min_value is not None and not isinstance(default, bool):
         if isinstance(default, int):
-            bound = IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)
+            step = INPUT_SIZE_STEP if name == "input_size" else 1
+            bound = IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=step)
             descriptor.integer_range = [bound]
         else:
             upper = float("inf") if spec.max_value is None else float(spec.max_value)
@@ -169,12 +191,28 @@ def _descriptor(name: str, spec: _Spec, default) -> ParameterDescriptor:
     return descriptor
 
 
-def declare(node) -> None:
-    """Declare every parameter on ``node`` with its default and descriptor."""
+def declare(node) -> dict[str, str]:
+    """Declare every parameter on ``node`` with its default and descriptor.
+
+    A start-up value (params file, ``-p``, launch) that fails its checks is not applied: the
+    parameter keeps its default and ``{name: reason}`` is returned, so the node can start,
+    report it, and refuse to configure until it is fixed.
+    """
+    node.add_on_set_parameters_callback(lambda params: check(params, lambda name: _value_or_none(node, name)))
+    errors = {}
     for f in fields(Settings):
         default = getattr(DEFAULTS, f.name)
-        node.declare_parameter(f.name, default, _descriptor(f.name, _SPECS[f.name], default))
-    node.add_on_set_parameters_callback(_check_choices)
+        descriptor = _descriptor(f.name, _SPECS[f.name], default)
+        try:
+            node.declare_parameter(f.name, default, descriptor)
+        except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+            errors[f.name] = str(exc)
+            node.declare_parameter(f.name, default, descriptor, ignore_override=True)
+    return errors
+
+
+def _value_or_none(node, name: str):
+    return node.get_parameter(name).value if node.has_parameter(name) else None
 
 
 def read(node) -> Settings:
@@ -182,15 +220,64 @@ def read(node) -> Settings:
     return Settings(**{f.name: node.get_parameter(f.name).value for f in fields(Settings)})
 
 
-def _check_choices(parameters) -> SetParametersResult:
-    """Reject values outside an enumerated parameter's choices (ranges rclpy checks itself)."""
+def valid_frame_name(name: str) -> str:
+    """'' if ``name`` can be a TF frame id, else why not."""
+    if not name:
+        return "must not be empty"
+    if any(c.isspace() for c in name):
+        return f"{name!r} contains whitespace"
+    if name.startswith("/"):
+        return f"{name!r} starts with '/' (tf2 frame ids have no leading slash)"
+    return ""
+
+
+def validate(name: str, value, current) -> str:
+    """'' if ``value`` is acceptable for parameter ``name``, else the reason. ``current(name)``
+    gives the value of another parameter (for checks that involve two)."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        return ""
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(repr(c) for c in spec.choices)}, got {value!r}"
+    if name == "input_size" and isinstance(value, int) and value % INPUT_SIZE_STEP:
+        return f"input_size must be a multiple of {INPUT_SIZE_STEP}, got {value}"
+    if name == "device" and isinstance(value, str) and not _DEVICE.fullmatch(value):
+        return f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}"
+    if name in ("world_frame", "camera_frame") and isinstance(value, str):
+        if name == "camera_frame" and value == "":
+            return ""  # the image header's frame_id
+        reason = valid_frame_name(value)
+        if reason:
+            return f"{name}: {reason}"
+        other = "camera_frame" if name == "world_frame" else "world_frame"
+        if value == current(other):
+            return f"{name} must differ from {other} (both {value!r})"
+    if name == "body_frame_prefix" and isinstance(value, str) and not _BODY_PREFIX.fullmatch(value):
+        return (f"body_frame_prefix must start with a letter and hold only letters, digits and '_' "
+                f"(frames are named <prefix><track id>), got {value!r}")
+    return ""
+
+
+def check(parameters, current) -> SetParametersResult:
+    """on-set-parameters callback: every value in ``parameters`` must pass ``validate``
+    (values set together are checked against each other)."""
+    pending = {p.name: p.value for p in parameters}
+
+    def lookup(name):
+        return pending[name] if name in pending else current(name)
+
     for parameter in parameters:
-        spec = _SPECS.get(parameter.name)
-        if spec is not None and spec.choices and parameter.value not in spec.choices:
-            return SetParametersResult(
-                successful=False, reason=f"{parameter.name} must be one of {', '.join(spec.choices)}"
-            )
+        reason = validate(parameter.name, parameter.value, lookup)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)
+
+
+def check_settings(settings: Settings) -> list[str]:
+    """Every problem of a complete snapshot (what configure refuses)."""
+    values = {f.name: getattr(settings, f.name) for f in fields(Settings)}
+    problems = [validate(name, value, values.__getitem__) for name, value in values.items()]
+    return [p for p in problems if p]
 
 
 def documented_defaults() -> dict[str, tuple[object, str]]:
