@@ -22,7 +22,7 @@ from h3r_ros.ros.engine_loader import LoadError, find_checkpoint, resolve_device
 from h3r_ros.ros.image_decoding import ImageDecodeError, check_image, decode_compressed, decode_image
 from h3r_ros.ros.inference_worker import InferenceWorker
 from h3r_ros.ros.map_accumulator import VoxelMap
-from h3r_ros.ros.markers import BONES, JOINTS_ID, MESH_ID, TrackMarkers, namespace
+from h3r_ros.ros.markers import BONES, BONES_NS, JOINTS_NS, MESH_NS, NAMESPACES, TrackMarkers
 
 REPO = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -84,7 +84,10 @@ def test_compressed_images_decode_to_rgb(ext, fmt):
 
 @pytest.mark.parametrize("fmt, data, reason", [
     ("jpeg", b"", "empty"),
-    ("jpeg", b"not an image", "could not decode"),
+    ("jpeg", b"not an image", "neither jpeg nor png"),
+    ("jpeg", b"\xff\xd8\xff" + b"\x00" * 40, "unreadable jpeg header"),
+    ("png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "unreadable png header"),
+    ("webp", b"RIFF\x00\x00\x00\x00WEBPVP8 ", "unsupported compressed format"),
     ("16UC1; compressedDepth", b"\x00" * 20, "compressed"),
     ("tiff", b"\x00" * 20, "unsupported compressed format"),
 ])
@@ -233,23 +236,24 @@ def test_depth_and_camera_info():
 def test_markers_follow_tracks_and_reset():
     markers = TrackMarkers()
     header = Header(frame_id="world", stamp=stamp_of(1.0))
-    first = markers.update(header, [fake_person(1), fake_person(2)]).markers
+    first = markers.update(header, [fake_person(1), fake_person(2)], lifetime=0.75).markers
     assert first[0].action == Marker.DELETEALL  # a fresh display on start
     adds = first[1:]
     assert {(m.ns, m.id, m.type) for m in adds} == {
-        (namespace(t), i, k) for t in (1, 2) for i, k in ((0, Marker.LINE_LIST), (JOINTS_ID, Marker.SPHERE_LIST))
+        (ns, t, k) for t in (1, 2) for ns, k in ((BONES_NS, Marker.LINE_LIST), (JOINTS_NS, Marker.SPHERE_LIST))
     }
-    bones = next(m for m in adds if m.ns == namespace(1) and m.type == Marker.LINE_LIST)
+    assert all((m.lifetime.sec, m.lifetime.nanosec) == (0, 750_000_000) for m in adds)
+    bones = next(m for m in adds if m.ns == BONES_NS and m.id == 1)
     assert len(bones.points) == 2 * len(BONES) == 2 * 54
     assert all(m.header.stamp == header.stamp and m.header.frame_id == "world" for m in first)
     colour = bones.color
 
     second = markers.update(header, [fake_person(2), fake_person(5)]).markers
     deleted = {(m.ns, m.id) for m in second if m.action == Marker.DELETE}
-    assert deleted == {(namespace(1), i) for i in (0, JOINTS_ID, MESH_ID)}
-    assert {m.ns for m in second if m.action == Marker.ADD} == {namespace(2), namespace(5)}
+    assert deleted == {(BONES_NS, 1), (JOINTS_NS, 1)}  # no mesh was ever added for track 1
+    assert {m.id for m in second if m.action == Marker.ADD} == {2, 5}
     again = markers.update(header, [fake_person(1)]).markers
-    assert next(m for m in again if m.ns == namespace(1) and m.id == 0).color == colour  # stable colour
+    assert next(m for m in again if m.ns == BONES_NS and m.id == 1).color == colour  # stable colour
 
     markers.reset()
     after_reset = markers.update(header, [fake_person(7)]).markers
@@ -257,10 +261,31 @@ def test_markers_follow_tracks_and_reset():
     assert not any(m.action == Marker.DELETE for m in after_reset)
 
 
+def test_markers_use_bounded_namespaces_and_delete_only_what_was_added():
+    markers, header = TrackMarkers(), Header(frame_id="world")
+    faces = np.array([[0, 1, 2]])
+    seen = set()
+    for track_id in range(199):  # a new person every frame, as in a busy scene
+        with_mesh = track_id % 3 == 0
+        people = [fake_person(track_id, with_vertices=with_mesh)]
+        array = markers.update(header, people, faces if with_mesh else None, 0.5, 2.5).markers
+        seen |= {m.ns for m in array if m.action != Marker.DELETEALL}
+        deletes = {(m.ns, m.id) for m in array if m.action == Marker.DELETE}
+        if track_id:
+            previous = track_id - 1
+            expected = {(BONES_NS, previous), (JOINTS_NS, previous)} | (
+                {(MESH_NS, previous)} if previous % 3 == 0 else set())
+            assert deletes == expected
+        assert markers.shown == 2 + with_mesh
+    assert seen <= set(NAMESPACES)
+    mesh = next(m for m in array if m.ns == MESH_NS and m.action == Marker.ADD)
+    assert (mesh.lifetime.sec, mesh.lifetime.nanosec) == (2, 500_000_000)
+
+
 def test_mesh_marker_is_a_triangle_list():
     faces = np.array([[0, 1, 2], [2, 3, 4]])
     markers = TrackMarkers().update(Header(), [fake_person(4, with_vertices=True)], faces=faces).markers
-    mesh = next(m for m in markers if m.id == MESH_ID)
+    mesh = next(m for m in markers if m.ns == MESH_NS)
     assert mesh.type == Marker.TRIANGLE_LIST and len(mesh.points) == 6
 
 

@@ -6,13 +6,21 @@ demo poses the body with the root rotation R_g about the head: V_cam = R_g (V - 
 with V, J the zero-root-rotation mesh and joints. Everything here is also expressed as
 vanilla SMPL-X parameters (55-joint full pose + ``transl``) so a stock SMPL-X forward, which
 rotates about the rest pelvis J0 (V = R (V0 - J0) + J0 + transl), reproduces the same mesh.
+
+The model file is untrusted: smplx itself reads it with ``np.load(allow_pickle=True)``, so a
+crafted ``.npz`` could run code. Here it is read without pickle (object arrays are never
+loaded), with every member's size checked from its header first; only the plain numeric
+arrays smplx needs are re-written to a private temporary file, and smplx reads that one.
 """
 
 from __future__ import annotations
 
+import tempfile
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import roma
 import smplx
 import torch
@@ -21,6 +29,62 @@ from smplx.lbs import batch_rigid_transform, blend_shapes, lbs
 SMPLX_FILE = "SMPLX_NEUTRAL.npz"
 HEAD_JOINT = 15
 NUM_JOINTS = 55  # SMPL-X skeleton: root, 21 body, jaw, 2 eyes, 2 x 15 hand joints
+# What smplx.SMPLX reads from the file (the dynamic landmarks only with use_face_contour).
+SMPLX_ARRAYS = (
+    "v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights",
+    "hands_componentsl", "hands_componentsr", "hands_meanl", "hands_meanr",
+    "lmk_faces_idx", "lmk_bary_coords", "dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords",
+)
+_REQUIRED = SMPLX_ARRAYS[:-2]
+MAX_SMPLX_BYTES = 1 << 30  # all arrays together; SMPL-X v1.1 holds about 0.2 GB
+_MAX_DIMS = 4
+
+
+class SmplxFileError(ValueError):
+    """The SMPL-X file is unreadable or not what smplx expects; the text names it."""
+
+
+def _member_header(archive: zipfile.ZipFile, name: str, file: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one .npy member, from its header only."""
+    with archive.open(name) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        except ValueError as exc:
+            raise SmplxFileError(f"{file}: member {name!r} is not a .npy array: {exc}") from None
+    return tuple(shape), dtype
+
+
+def read_smplx_arrays(file: str | Path) -> dict[str, np.ndarray]:
+    """The arrays smplx needs from an SMPL-X ``.npz``, read without pickle: members holding
+    Python objects are refused when needed and never loaded otherwise, and sizes are checked
+    from the headers before anything is read. Raises SmplxFileError naming the file."""
+    file = Path(file)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            missing = [key for key in _REQUIRED if key not in members]
+            if missing:
+                raise SmplxFileError(f"{file}: not an SMPL-X model, missing arrays {missing}")
+            total = 0
+            for key in (k for k in SMPLX_ARRAYS if k in members):
+                shape, dtype = _member_header(archive, members[key].filename, file)
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise SmplxFileError(f"{file}: array {key!r} has dtype {dtype}, not a plain number type")
+                if len(shape) > _MAX_DIMS:
+                    raise SmplxFileError(f"{file}: array {key!r} has {len(shape)} dimensions")
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if total > MAX_SMPLX_BYTES or members[key].file_size > MAX_SMPLX_BYTES:
+                    raise SmplxFileError(f"{file}: arrays larger than {MAX_SMPLX_BYTES} bytes")
+        with np.load(file, allow_pickle=False) as npz:
+            return {key: npz[key] for key in SMPLX_ARRAYS if key in members}
+    except SmplxFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, bad header, truncated data, ...
+        raise SmplxFileError(f"{file}: unreadable SMPL-X model: {type(exc).__name__}: {exc}") from None
 
 
 def resolve_smplx_file(path: str | Path) -> Path:
@@ -80,9 +144,19 @@ class BodyModel:
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
         file = resolve_smplx_file(path)
-        model = smplx.create(
-            str(file), model_type="smplx", gender="neutral", use_pca=False, flat_hand_mean=True, num_betas=10
-        ).to(device)
+        arrays = read_smplx_arrays(file)
+        with tempfile.TemporaryDirectory(prefix="h3r_smplx_") as directory:
+            # Only plain arrays, written by us: smplx's allow_pickle=True finds no pickle here.
+            safe = Path(directory) / SMPLX_FILE
+            np.savez(safe, **arrays)
+            try:
+                model = smplx.create(
+                    str(safe), model_type="smplx", gender="neutral", use_pca=False, flat_hand_mean=True,
+                    num_betas=10,
+                )
+            except Exception as exc:  # noqa: BLE001 - shapes smplx cannot use
+                raise SmplxFileError(f"{file}: smplx cannot build the model: {type(exc).__name__}: {exc}") from None
+        model = model.to(device)
         self.device = model.v_template.device  # normalised: "cuda" -> "cuda:0"
         self.faces = model.faces_tensor
         self.num_vertices = model.v_template.shape[0]
