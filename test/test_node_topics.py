@@ -244,11 +244,15 @@ def test_outputs_match_a_second_engine_on_the_same_frames(rig):
         assert stamp_key(path.poses[-1].header.stamp) == stamp_key(stamp)
         np.testing.assert_allclose(pose_matrix(path.poses[-1].pose), expected.cam_to_world, **TOL)
 
-        # markers: a namespace per track, DELETE for vanished tracks, DELETEALL after the reset
+        # markers: fixed namespaces, track ids as marker ids, a lifetime, DELETE for vanished
+        # tracks, DELETEALL after the reset
         markers = rig.out["markers"].wait_stamp(stamp, key=marker_stamp).markers
         assert (markers[0].action == Marker.DELETEALL) == (i == 0)
-        assert {m.ns for m in markers if m.action == Marker.ADD} == {f"human_{t}" for t in ids}
-        assert {m.ns for m in markers if m.action == Marker.DELETE} == {f"human_{t}" for t in previous_ids - set(ids)}
+        assert {(m.ns, m.id) for m in markers if m.action == Marker.ADD} == {
+            (ns, t) for t in ids for ns in ("human_bones", "human_joints")}
+        assert {(m.ns, m.id) for m in markers if m.action == Marker.DELETE} == {
+            (ns, t) for t in previous_ids - set(ids) for ns in ("human_bones", "human_joints")}
+        assert all(0.5 <= m.lifetime.sec + 1e-9 * m.lifetime.nanosec <= 30.0 for m in markers if m.action == Marker.ADD)
         assert all(m.header.frame_id == "world" and stamp_key(m.header.stamp) == stamp_key(stamp) for m in markers)
         previous_ids = set(ids)
 

@@ -86,3 +86,65 @@ def test_matches_reference(name):
         assert torch.equal(msk[0], post["msk_unpadded"])
         scores = unpad_image(out["smpl_scores"].permute(0, 3, 1, 2), hw)
         assert torch.equal(scores[0, 0], post["smpl_scores_unpadded"])
+
+
+# Every allowed input size (the node's input_size range, step 16) and frame shapes from 1 px
+# thin to square, landscape and portrait: a frame either crops to a model input (non-empty,
+# multiples of 16, inside the resized frame) or crop_geometry rejects it up front, which is
+# what the node checks before accepting a message.
+_SHAPES = [(w, h) for w in (1, 2, 15, 16, 17, 31, 100, 160, 161, 320, 333, 640, 1000, 1920, 4000)
+           for h in (1, 2, 16, 33, 100, 160, 180, 480, 1000, 1080, 3000)]
+
+
+def test_every_allowed_size_gives_a_valid_crop_or_an_upfront_rejection():
+    from h3r_ros.engine.preprocess import crop_geometry
+    from h3r_ros.ros.parameters import INPUT_SIZE_STEP, _SPECS
+
+    spec = _SPECS["input_size"]
+    sizes = range(int(spec.min_value), int(spec.max_value) + 1, INPUT_SIZE_STEP)
+    accepted = rejected = 0
+    for size in sizes:
+        for width, height in _SHAPES:
+            try:
+                geometry = crop_geometry(width, height, size)
+            except ValueError as exc:
+                assert "too thin" in str(exc)
+                assert min(width, height) * size / max(width, height) < 16 + 0.5
+                rejected += 1
+                continue
+            left, top, right, bottom = geometry.crop_box
+            h, w = geometry.input_size
+            assert h > 0 and w > 0 and h % 16 == 0 and w % 16 == 0, (size, width, height)
+            assert 0 <= left and 0 <= top
+            assert right <= geometry.resized_size[0] and bottom <= geometry.resized_size[1]
+            assert max(w, h) <= size
+            if width == height:
+                assert h < w  # squares keep the reference's 4:3 crop
+            accepted += 1
+    assert accepted and rejected
+
+
+@pytest.mark.parametrize("size", [64, 80, 160, 176, 208])
+@pytest.mark.parametrize("width, height", [(320, 180), (180, 320), (200, 200), (16, 16), (1000, 31)])
+def test_accepted_frames_run_through_resize_and_crop(size, width, height):
+    from h3r_ros.engine.preprocess import crop_geometry
+
+    rgb = np.random.default_rng(size).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    try:
+        expected = crop_geometry(width, height, size)
+    except ValueError:
+        with pytest.raises(ValueError, match="too thin"):
+            resize_and_crop(rgb, size)
+        return
+    cropped, geometry = resize_and_crop(rgb, size)
+    assert geometry == expected and cropped.shape == expected.input_size + (3,)
+
+
+def test_square_frames_at_sizes_that_are_not_multiples_of_64():
+    """The reference's 3*halfw/4 is not a multiple of 8 there; the crop still is."""
+    for size in (160, 480, 672, 688):
+        cropped, geometry = resize_and_crop(np.zeros((500, 500, 3), np.uint8), size)
+        h, w = geometry.input_size
+        assert w == size and h % 16 == 0 and h == (3 * size // 8) // 8 * 16
+    _, geometry = resize_and_crop(np.zeros((1000, 1000, 3), np.uint8), 512)
+    assert geometry.input_size == (384, 512)  # multiples of 64: exactly the reference

@@ -19,7 +19,7 @@ shared objects grow exponentially).
 
 ``convert_checkpoint`` rewrites a ``.pth`` as ``<prefix>.safetensors`` (memory-mapped, no
 pickle at all) plus ``<prefix>.json`` (model string, format version, and the size and
-header hash of the tensor file it belongs to); ``load_human3r`` prefers that pair when it
+SHA-256 of the tensor file it belongs to); ``load_human3r`` prefers that pair when it
 sits next to the ``.pth``.
 
 Every failure of the public loading functions is a ``CheckpointError`` naming the file.
@@ -79,6 +79,7 @@ _MAX_TENSORS = 100_000
 _MAX_HEADER_BYTES = 1 * 2**20  # converted-checkpoint .json
 _MAX_SAFETENSORS_HEADER = 16 * 2**20  # tensor table of a safetensors file
 _MAX_MODEL_STRING = 8192  # characters
+_HASH_CHUNK = 16 * 2**20
 
 
 class CheckpointError(RuntimeError):
@@ -638,21 +639,23 @@ def _unshare(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 
 
 def _tensor_file_binding(tensors_path: Path) -> dict:
-    """What ties a header to its tensor file: the file's size and the SHA-256 of its
-    safetensors header (names, dtypes, shapes and offsets of every tensor)."""
+    """What ties a header to its tensor file: the file's size and SHA-256 (checked before its
+    safetensors header is parsed, so a header from another conversion is never trusted)."""
     size = tensors_path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{tensors_path}: too short for a safetensors file ({size} bytes)")
+    digest = hashlib.sha256()
     with open(tensors_path, "rb") as stream:
-        prefix = stream.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{tensors_path}: too short for a safetensors file ({size} bytes)")
-        length = int.from_bytes(prefix, "little")
+        length = int.from_bytes(stream.read(8), "little")
         if length > _MAX_SAFETENSORS_HEADER or 8 + length > size:
             raise CheckpointError(
                 f"{tensors_path}: safetensors header of {length} bytes in a {size}-byte file "
                 f"(at most {_MAX_SAFETENSORS_HEADER})"
             )
-        digest = hashlib.sha256(stream.read(length)).hexdigest()
-    return {"size": size, "header_sha256": digest}
+        stream.seek(0)
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -673,7 +676,7 @@ def _read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, to
         raise CheckpointNotFoundError(f"{tensors_path}: tensor file of {header_path} not found")
     if header.get("tensors") != _tensor_file_binding(tensors_path):
         raise CheckpointError(
-            f"{header_path} does not belong to {tensors_path} (the tensor file's size or header hash "
+            f"{header_path} does not belong to {tensors_path} (the tensor file's size or SHA-256 "
             "differs from the one recorded at conversion); re-run python -m h3r_ros.model.convert"
         )
     model_string, aliases = header.get("model_string"), header.get("aliases", {})
