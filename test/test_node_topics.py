@@ -50,9 +50,9 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 class Rig:
     """The node under test, the probe's publishers and one collector per output."""
 
-    def __init__(self):
+    def __init__(self, **overrides):
         self.assets = tiny_assets()
-        self.params = self.assets.parameters()
+        self.params = self.assets.parameters(**overrides)
         self.ros = RosHarness()
         overrides = [Parameter(k, value=v) for k, v in self.params.items()]
         self.node = self.ros.add_node(Human3RNode(context=self.ros.context, parameter_overrides=overrides))

@@ -172,14 +172,18 @@ class Human3RNode(LifecycleNode):
         instead of leaving the executor's spin (which would end the process). A service
         callback answers with success false."""
         name = getattr(callback, "__name__", repr(callback))
+        last_logged = [-math.inf]  # rate limit per callback (rclpy throttles per call site)
 
         @functools.wraps(callback)
         def guarded(*args):
             try:
                 return callback(*args)
             except Exception as exc:  # noqa: BLE001 - nothing may stop the executor
-                self._report_error(f"{name} failed: {type(exc).__name__}: {exc}", traceback.format_exc(),
-                                   throttle=WARN_PERIOD)
+                now = time.monotonic()
+                log = now - last_logged[0] >= WARN_PERIOD
+                if log:
+                    last_logged[0] = now
+                self._report_error(f"{name} failed: {type(exc).__name__}: {exc}", traceback.format_exc(), log=log)
                 if len(args) == 2 and hasattr(args[1], "success"):  # (request, response)
                     response = args[1]
                     response.success = False
@@ -190,14 +194,11 @@ class Human3RNode(LifecycleNode):
 
         return guarded
 
-    def _report_error(self, text: str, trace: str = "", throttle: float | None = None) -> None:
+    def _report_error(self, text: str, trace: str = "", log: bool = True) -> None:
         """Log an error (with its traceback when given) and keep it for /diagnostics."""
         self._last_error = text
-        message = f"{text}\n{trace.rstrip()}" if trace else text
-        if throttle:
-            self.get_logger().error(message, throttle_duration_sec=throttle)
-        else:
-            self.get_logger().error(message)
+        if log:
+            self.get_logger().error(f"{text}\n{trace.rstrip()}" if trace else text)
 
     def _start_diagnostics(self, period: float) -> None:
         if self._diagnostics_timer is not None:

@@ -1,0 +1,275 @@
+"""Bad-input corpus through real rclpy: a running node (tiny model) is sent every kind of
+broken message on its input topics, each followed by a good frame that must still produce
+output. Invalid images are dropped and counted; exceptions injected into callbacks are
+logged with their traceback while the node keeps spinning.
+"""
+
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time as TimeMsg
+from lifecycle_msgs.msg import Transition
+from ros_helpers import image_msg, stamp_key, stamp_of, wait_until
+from sensor_msgs.msg import CameraInfo, CompressedImage
+from std_srvs.srv import Trigger
+from test_node_topics import CAMERA, STEP_TIMEOUT, Rig
+
+BAD = "bad messages (total)"
+OUT_OF_ORDER = "out-of-order frames dropped (total)"
+
+
+@pytest.fixture(scope="module")
+def rig():
+    rig = Rig()
+    yield rig
+    rig.close()
+
+
+def good_frame_follows(rig, index=0):
+    """A valid frame after the bad one must produce humans (the node is alive and well)."""
+    humans = rig.send_frame(index)
+    assert humans is not None
+
+
+def send_bad(rig, msg):
+    rig.send(msg, wait=False)
+    time.sleep(0.05)  # let it arrive before the good frame replaces it in the slot
+
+
+def raw(rig, stamp=None, frame_id=CAMERA, **changes):
+    msg = image_msg(rig.assets.frames[0], stamp or rig.next_stamp(), frame_id)
+    for name, value in changes.items():
+        setattr(msg, name, value)
+    return msg
+
+
+def _raw_cases(rig):
+    frame = rig.assets.frames[0]
+    h, w = frame.shape[:2]
+
+    def sized(width, height):
+        return image_msg(np.zeros((height, width, 3), np.uint8), rig.next_stamp(), CAMERA)
+
+    return {
+        "unknown encoding": raw(rig, encoding="yuv422"),
+        "16-bit encoding": raw(rig, encoding="16UC1"),
+        "float encoding": raw(rig, encoding="32FC1"),
+        "empty encoding": raw(rig, encoding=""),
+        "step too small": raw(rig, step=w * 3 - 1),
+        "step too large for the data": raw(rig, step=w * 3 + 7),
+        "truncated data": raw(rig, data=bytes(w * 3 * h - 10)),
+        "extra data": raw(rig, data=bytes(w * 3 * h + 3)),
+        "zero size": raw(rig, width=0, height=0, step=0, data=b""),
+        "1 row": sized(320, 1),
+        "1 column": sized(1, 320),
+        "too thin for the model": sized(3000, 10),
+        "negative stamp": raw(rig, stamp=TimeMsg(sec=-1, nanosec=0)),
+        "nanoseconds out of range": raw(rig, stamp=TimeMsg(sec=10, nanosec=1_000_000_000)),
+        "nanoseconds far out of range": raw(rig, stamp=TimeMsg(sec=10, nanosec=4_000_000_000)),
+        "blank frame id": raw(rig, frame_id=" "),
+        "frame id with a leading slash": raw(rig, frame_id="/camera"),
+        "frame id with whitespace": raw(rig, frame_id="cam era"),
+        "frame id is the world frame": raw(rig, frame_id="world"),
+    }
+
+
+def test_bad_raw_images_are_dropped_counted_and_followed_by_output(rig):
+    before = rig.counter(BAD)
+    cases = _raw_cases(rig)
+    for msg in cases.values():
+        send_bad(rig, msg)
+        good_frame_follows(rig)
+    published = {stamp_key(m.header.stamp) for m in rig.out["humans"].messages}
+    assert not [name for name, m in cases.items() if stamp_key(m.header.stamp) in published]
+    assert wait_until(lambda: rig.counter(BAD) == before + len(cases), 10.0)
+    assert rig.node.lifecycle_state == "active"
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (2, 3), (17, 16), (160, 16), (16, 160), (1000, 1000)])
+def test_tiny_and_odd_frames_that_the_model_can_take_produce_output(rig, width, height):
+    """Upscaled like any small frame (the reference's bicubic resize): accepted and processed."""
+    rgb = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    humans = rig.send(image_msg(rgb, rig.next_stamp(), CAMERA))
+    assert humans.header.frame_id == "world"
+
+
+def test_images_above_max_image_pixels_are_refused(rig):
+    before = rig.counter(BAD)
+    frame = rig.assets.frames[0]
+    rig.set_params(max_image_pixels=frame.shape[0] * frame.shape[1] - 1)
+    try:
+        send_bad(rig, raw(rig))
+    finally:
+        rig.set_params(max_image_pixels=4096 * 4096)
+    good_frame_follows(rig)
+    assert wait_until(lambda: rig.counter(BAD) == before + 1, 10.0)
+
+
+@pytest.mark.parametrize("k", [
+    [float("nan")] * 9,
+    [0.0] * 9,
+    [float("inf"), 0, 160, 0, 400, 90, 0, 0, 1],
+    [-400.0, 0, 160, 0, 400, 90, 0, 0, 1],
+])
+def test_bad_camera_info_is_ignored(rig, k):
+    info = CameraInfo(width=0, height=2**31, k=k, d=[float("nan")] * 1000)
+    info.header.frame_id = " "
+    assert wait_until(lambda: rig.info_pub.get_subscription_count() > 0, 10.0)
+    rig.info_pub.publish(info)
+    time.sleep(0.1)
+    good_frame_follows(rig)
+    assert rig.diagnostics()["camera_info focal (px, model input)"] == "nan"
+
+
+def test_small_backwards_jitter_is_dropped_and_a_large_jump_resets_once(rig):
+    before = rig.counter(OUT_OF_ORDER)
+    now = rig.next_stamp()
+    assert not rig.send_frame(0, stamp=now).reset
+    jitter = stamp_of(stamp_key(now) * 1e-9 - 0.2)  # within stamp_jump_threshold (1 s)
+    rig.send(image_msg(rig.assets.frames[1], jitter, CAMERA), wait=False)
+    time.sleep(0.1)
+    one_ns = TimeMsg(sec=now.sec, nanosec=now.nanosec - 1) if now.nanosec else TimeMsg(sec=now.sec - 1, nanosec=999_999_999)
+    rig.send(image_msg(rig.assets.frames[1], one_ns, CAMERA), wait=False)
+    time.sleep(0.1)
+    after = rig.send_frame(2)
+    assert not after.reset  # no reset for jitter
+    assert not [m for m in rig.out["humans"].messages if stamp_key(m.header.stamp) in
+                (stamp_key(jitter), stamp_key(one_ns))]
+    assert wait_until(lambda: rig.counter(OUT_OF_ORDER) == before + 2, 10.0)
+    loop = stamp_of(stamp_key(after.header.stamp) * 1e-9 - 30.0)  # a bag looping back
+    assert rig.send_frame(3, stamp=loop).reset
+    assert not rig.send_frame(0, stamp=stamp_of(stamp_key(loop) * 1e-9 + 0.1)).reset
+
+
+def test_exceptions_escaping_callbacks_are_logged_and_the_node_keeps_spinning(rig, capfd):
+    node = rig.node
+    original = node._check
+
+    def explode(*_):
+        raise KeyError("injected failure in the image callback")
+
+    node._check = explode  # raises inside the subscription callback
+    try:
+        send_bad(rig, raw(rig))
+        assert wait_until(lambda: "injected failure in the image callback" in node._last_error, 10.0)
+    finally:
+        node._check = original
+    good_frame_follows(rig)
+
+    def broken_sizes():
+        raise ZeroDivisionError("injected failure in the diagnostics timer")
+
+    node.bounded_sizes = broken_sizes  # the timer callback fails every period
+    try:
+        assert wait_until(lambda: "injected failure in the diagnostics timer" in node._last_error, 10.0)
+    finally:
+        del node.bounded_sizes
+    good_frame_follows(rig, 1)
+
+    worker = node._worker
+
+    def broken_reset():
+        raise RuntimeError("injected failure in a service")
+
+    worker.request_reset = broken_reset
+    try:
+        response = rig.call(Trigger, "reset", Trigger.Request())
+    finally:
+        del worker.request_reset
+    assert not response.success and "injected failure in a service" in response.message
+    good_frame_follows(rig, 2)
+    err = capfd.readouterr().err
+    for text in ("the image callback", "the diagnostics timer", "a service"):
+        assert f"injected failure in {text}" in err
+    assert err.count("Traceback (most recent call last)") >= 3
+
+
+# --- compressed input --------------------------------------------------------------------
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid grey PNG of side x side zeros: a few hundred KB that decode to side^2 bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row, parts = zlib.compressobj(9), bytes(side + 1), []
+    for _ in range(side):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(width: int, height: int, frame) -> bytes:
+    """A real jpeg whose frame header (SOF0) is rewritten to declare another size."""
+    data = bytearray(cv2.imencode(".jpg", frame)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def compressed(rig, data, fmt="jpeg", stamp=None, frame_id=CAMERA):
+    msg = CompressedImage(format=fmt, data=data)
+    msg.header.stamp = stamp or rig.next_stamp()
+    msg.header.frame_id = frame_id
+    return msg
+
+
+@pytest.fixture(scope="module")
+def compressed_rig(rig):
+    """The same node, reconfigured for image/compressed (a configure-time parameter)."""
+    rig.lifecycle(Transition.TRANSITION_DEACTIVATE)
+    rig.lifecycle(Transition.TRANSITION_CLEANUP)
+    rig.set_params(compressed_input=True)
+    rig.lifecycle(Transition.TRANSITION_CONFIGURE)
+    rig.lifecycle(Transition.TRANSITION_ACTIVATE)
+    rig.wait_matched(rig.compressed_pub)
+    yield rig
+
+
+def good_compressed_follows(rig, index=0):
+    frame = rig.assets.frames[index]
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+    assert rig.send(compressed(rig, jpeg)) is not None
+
+
+def test_bad_compressed_images_are_dropped_counted_and_followed_by_output(compressed_rig):
+    rig = compressed_rig
+    frame = rig.assets.frames[0]
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    webp_ok, webp = cv2.imencode(".webp", frame)
+    before = rig.counter(BAD)
+    start = time.monotonic()
+    cases = {
+        "garbage": compressed(rig, bytes(range(256)) * 4),
+        "empty": compressed(rig, b""),
+        "tiff format": compressed(rig, jpeg, "tiff"),
+        "compressed depth": compressed(rig, jpeg, "16UC1; compressedDepth"),
+        "png bomb (10000 x 10000)": compressed(rig, _png_bomb(10_000), "png"),
+        "jpeg declaring 20000 x 20000": compressed(rig, _jpeg_declaring(20_000, 20_000, frame)),
+        "jpeg declaring 0 x 0": compressed(rig, _jpeg_declaring(0, 0, frame)),
+        "header only": compressed(rig, jpeg[:20]),
+        "negative stamp": compressed(rig, jpeg, stamp=TimeMsg(sec=-3)),
+        "bad frame id": compressed(rig, jpeg, frame_id="/camera"),
+        "too thin": compressed(rig, cv2.imencode(".png", np.zeros((1, 500, 3), np.uint8))[1].tobytes(), "png"),
+    }
+    if webp_ok:
+        cases["webp data"] = compressed(rig, webp.tobytes())
+    for name, msg in cases.items():
+        send_bad(rig, msg)
+        good_compressed_follows(rig)
+    assert wait_until(lambda: rig.counter(BAD) == before + len(cases), 10.0)
+    assert time.monotonic() - start < STEP_TIMEOUT
+
+
+def test_truncated_jpeg_never_stops_the_node(compressed_rig):
+    """Decoders may or may not accept a truncated body; either way the node carries on."""
+    rig = compressed_rig
+    jpeg = cv2.imencode(".jpg", rig.assets.frames[0])[1].tobytes()
+    send_bad(rig, compressed(rig, jpeg[: len(jpeg) // 2]))
+    good_compressed_follows(rig, 1)
+    assert rig.node.lifecycle_state == "active"
