@@ -18,6 +18,7 @@ from ros_helpers import RosHarness, image_msg, tiny_assets, wait_until
 from sensor_msgs.msg import Image
 
 from h3r_ros.msg import HumanArray
+from h3r_ros.ros import parameters
 from h3r_ros.ros.node import Human3RNode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,3 +196,109 @@ def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_final
     text = log.read_text()
     assert code == 0, text
     assert "does not exist" in text and "Traceback" not in text, text
+
+
+# ------------------------------------------------------------------ failures with a cause
+
+
+def _node_diagnostics(ros, node, predicate=lambda status, values: True, timeout: float = 10.0):
+    """The next /diagnostics status of ``node`` that satisfies ``predicate``."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    collector = ros.collect(DiagnosticArray, "/diagnostics")
+    name = node.get_fully_qualified_name()
+
+    def matching(msgs):
+        for msg in msgs:
+            for status in msg.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if status.name.startswith(name) and predicate(status, values):
+                    return status, values
+        return None
+
+    try:
+        assert wait_until(lambda: matching(collector.messages) is not None, timeout)
+        return matching(collector.messages)
+    finally:
+        ros.probe.destroy_subscription(collector.subscription)
+
+
+def test_diagnostics_exist_from_start_and_report_why_configure_failed(make_node, ros, capfd, monkeypatch):
+    import h3r_ros.ros.node as node_module
+
+    node = make_node(**tiny_assets().parameters())
+    _, values = _node_diagnostics(ros, node)  # before any transition
+    assert values["lifecycle state"] == "unconfigured" and values["last error"] == "none"
+
+    def exploding_loader(settings):
+        raise MemoryError("injected: out of memory while loading")
+
+    monkeypatch.setattr(node_module, "load_engine", exploding_loader)
+    assert node.trigger_configure() == FAILURE
+    assert node.lifecycle_state == "unconfigured" and node._loaded is None and node._outputs is None
+    err = capfd.readouterr().err
+    assert "configure failed: MemoryError: injected: out of memory while loading" in err
+    assert "Traceback (most recent call last)" in err and "exploding_loader" in err
+    status, values = _node_diagnostics(ros, node, lambda s, v: "injected" in v["last error"])
+    assert status.level == status.ERROR and "out of memory" in status.message
+
+    monkeypatch.undo()  # the cause fixed, the same node configures
+    assert node.trigger_configure() == SUCCESS and node.lifecycle_state == "inactive"
+    _, values = _node_diagnostics(ros, node, lambda s, v: v["lifecycle state"] == "inactive")
+    assert values["last error"] == "none"
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("image_qos", "besteffort", "image_qos must be one of"),
+    ("tf_mode", "map", "tf_mode must be one of"),
+    ("dtype", "float64", "dtype must be one of"),
+    ("variant", "1000XL", "variant must be one of"),
+    ("device", "tpu", "device must be"),
+    ("input_size", 100, "input_size"),
+    ("input_size", 4096, "input_size"),
+    ("camera_frame", " ", "whitespace"),
+    ("camera_frame", "/camera", "leading slash|starts with '/'"),
+    ("camera_frame", "world", "must differ from world_frame"),
+    ("world_frame", "", "must not be empty"),
+    ("body_frame_prefix", "", "body_frame_prefix must start with a letter"),
+    ("body_frame_prefix", "1_", "body_frame_prefix must start with a letter"),
+    ("stamp_jump_threshold", -1.0, "stamp_jump_threshold"),
+    ("max_image_pixels", 0, "max_image_pixels"),
+])
+def test_invalid_parameters_are_refused_from_start_up_and_at_runtime(make_node, name, value, reason):
+    import re
+
+    node = make_node(**tiny_assets().parameters(**{name: value}))  # as from a params file or -p
+    default = getattr(parameters.DEFAULTS, name)
+    assert node.get_parameter(name).value == default  # the invalid value was not applied
+    assert re.search(reason, node._parameter_errors[name]) or name == "input_size"
+    assert node.trigger_configure() == FAILURE  # and the node says so rather than running without it
+    assert node.lifecycle_state == "unconfigured" and name in node._last_error
+
+    (result,) = node.set_parameters([Parameter(name, value=value)])  # the same value at runtime
+    assert not result.successful
+    assert re.search(reason, result.reason) or name == "input_size", result.reason
+    assert node.get_parameter(name).value == default
+
+    (result,) = node.set_parameters([Parameter(name, value=default)])  # setting it clears the error
+    assert result.successful and name not in node._parameter_errors
+    if name == "image_qos":  # one full configure is enough to show the node recovers
+        assert node.trigger_configure() == SUCCESS
+
+
+def test_configure_time_parameters_are_refused_while_configured(make_node):
+    node = make_node(**tiny_assets().parameters())
+    assert node.trigger_configure() == SUCCESS
+    for name, value in (("input_size", 176), ("device", "auto"), ("world_frame", "map"),
+                        ("compressed_input", True), ("image_qos", "reliable")):
+        (result,) = node.set_parameters([Parameter(name, value=value)])
+        assert not result.successful, name
+        assert "cleanup" in result.reason.replace("clean up", "cleanup") and "configure" in result.reason
+    (result,) = node.set_parameters([Parameter("tf_mode", value="camera_to_world")])  # live: applies now
+    assert result.successful and node._settings.tf_mode == "camera_to_world"
+    (result,) = node.set_parameters([Parameter("device", value="cpu")])  # unchanged value: harmless
+    assert result.successful
+    assert node.trigger_cleanup() == SUCCESS
+    (result,) = node.set_parameters([Parameter("input_size", value=176)])
+    assert result.successful
+    assert node.trigger_configure() == SUCCESS and node._loaded.engine.config.size == 176
