@@ -280,3 +280,19 @@ def test_bfloat16_close_to_float32(tiny):
         assert (error <= 0.03 * np.linalg.norm(ref.points_cam, axis=-1)).all()
         assert res.K[0, 0] == pytest.approx(ref.K[0, 0], rel=0.1)
         assert res.points_world.dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [64, 80, 176])
+def test_square_landscape_portrait_and_tiny_frames_at_other_input_sizes(tiny, size):
+    """Sizes that are not multiples of 64 used to break square frames (4:3 crop)."""
+    from h3r_ros.engine.preprocess import crop_geometry
+
+    _, model = tiny
+    engine = Human3REngine(model, EngineConfig(size=size, reset_interval=0))
+    rng = np.random.default_rng(size)
+    for width, height in ((320, 180), (180, 320), (200, 200), (1, 1), (size, 16)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        result = engine.step(rgb)
+        assert result.input_size == crop_geometry(width, height, size).input_size
+        assert all(n % 16 == 0 and n > 0 for n in result.input_size)
+        assert np.isfinite(result.points_world).all()
