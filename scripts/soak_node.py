@@ -53,7 +53,8 @@ def main() -> int:
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from ros_helpers import image_msg, stamp_key, synthetic_frames, tiny_assets
+    from rclpy.signals import SignalHandlerOptions
+    from ros_helpers import stamp_key, synthetic_frames, tiny_assets
     from sensor_msgs.msg import Image
 
     from h3r_ros.demo.recorder import OUTPUTS, qos_profile
@@ -69,7 +70,7 @@ def main() -> int:
     node_process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                     stdout=log, stderr=subprocess.STDOUT)
 
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # Ctrl-C ends the loop, figures still print
     probe = rclpy.create_node("h3r_soak_probe")
     arrived: dict[int, float] = {}
     sizes: dict[str, int] = {}
@@ -107,6 +108,23 @@ def main() -> int:
                 raise RuntimeError(f"node did not come up; see {log.name}")
             time.sleep(0.2)
         start = time.monotonic()
+        done = _run(args, probe, publisher, frames, arrived, lock, latencies, samples, node_process, log, start)
+        time.sleep(2.5)  # one more diagnostics period for the final sizes
+    finally:
+        node_process.terminate()
+        node_process.wait(timeout=60)
+        probe.destroy_node()
+        rclpy.try_shutdown()
+    _report(args, done, samples, latencies, sizes, params, log)
+    return 0
+
+
+def _run(args, probe, publisher, frames, arrived, lock, latencies, samples, node_process, log, start) -> int:
+    """Closed-loop frames; returns how many went through (a failure or Ctrl-C ends early)."""
+    from ros_helpers import image_msg, stamp_key
+
+    i = 0
+    try:
         for i in range(args.frames):
             if args.bad_every and i % args.bad_every == args.bad_every - 1:
                 bad = image_msg(frames[0], probe.get_clock().now().to_msg())
@@ -122,18 +140,18 @@ def main() -> int:
                 latencies.append(arrived.pop(key) - sent)
             if i % 50 == 0:
                 samples.append((i, rss_mib(node_process.pid)))
-            if i % 1000 == 999:
+            if i % 100 == 99:
                 print(f"  {i + 1} frames, {time.monotonic() - start:.0f} s, node RSS {samples[-1][1]:.1f} MiB",
                       flush=True)
-        time.sleep(2.5)  # one more diagnostics period for the final sizes
-    finally:
-        node_process.terminate()
-        node_process.wait(timeout=60)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        return args.frames
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        print(f"stopped after {i} frames: {exc or 'interrupted'}", flush=True)
+        return i
 
+
+def _report(args, done, samples, latencies, sizes, params, log) -> None:
     measured = [(i, rss) for i, rss in samples if i >= args.warmup]
-    print(f"frames: {args.frames} (warm-up {args.warmup}), {len(samples)} RSS samples, node log {log.name}")
+    print(f"frames: {done} of {args.frames} (warm-up {args.warmup}), {len(samples)} RSS samples, node log {log.name}")
     if len(measured) >= 2:
         x, y = np.array(measured, dtype=np.float64).T
         slope = np.polyfit(x, y, 1)[0] * 1000.0
@@ -141,9 +159,10 @@ def main() -> int:
               f"slope {slope:+.3f} MiB per 1000 frames")
     else:
         print("node RSS: too few samples after warm-up for a slope (use more --frames)")
-    ms = np.array(latencies) * 1000.0
-    print("latency publish -> humans (ms): " + ", ".join(
-        f"p{p} {np.percentile(ms, p):.1f}" for p in (50, 90, 99)) + f", max {ms.max():.1f}")
+    if latencies:
+        ms = np.array(latencies) * 1000.0
+        print("latency publish -> humans (ms): " + ", ".join(
+            f"p{p} {np.percentile(ms, p):.1f}" for p in (50, 90, 99)) + f", max {ms.max():.1f}")
     bounds = {"map points": f"<= ~2 x map_max_points = {2 * params['map_max_points']}",
               "camera path poses": f"<= path_max_poses = {params['path_max_poses']}",
               "tracks in the bank": "<= 512 (tracker max_tracks)",
@@ -152,7 +171,6 @@ def main() -> int:
     for key in SIZE_KEYS:
         print(f"  {key}: {sizes.get(key, 'n/a')} ({bounds[key]})")
     print("  frame hand-off slot: 1 (newest frame only, by construction)")
-    return 0
 
 
 if __name__ == "__main__":
