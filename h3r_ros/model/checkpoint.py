@@ -566,13 +566,17 @@ def converted_paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
 
 @_one_error
 def convert_checkpoint(
-    pth_path: str | os.PathLike, out_prefix: str | os.PathLike | None = None, variant: str | None = None
+    pth_path: str | os.PathLike,
+    out_prefix: str | os.PathLike | None = None,
+    variant: str | None = None,
+    source_sha256: str | None = None,
 ) -> tuple[Path, Path]:
     """Rewrite a ``.pth`` as ``<out_prefix>.safetensors`` + ``<out_prefix>.json``.
 
     ``out_prefix`` defaults to the ``.pth`` path without its suffix, which is where
     ``load_human3r`` looks. The state dict is checked against the model it describes
-    before anything is written. Returns the two paths written.
+    before anything is written. ``source_sha256`` (of the ``.pth``, when the caller
+    verified it) is recorded in the header. Returns the two paths written.
     """
     pth_path = Path(pth_path)
     state_dict, model_string = read_checkpoint(pth_path)
@@ -598,7 +602,7 @@ def convert_checkpoint(
             "model_string": model_string,
             "variant": None if model_string else variant,
             "aliases": aliases,
-            "source": {"name": pth_path.name, "size": pth_path.stat().st_size},
+            "source": {"name": pth_path.name, "size": pth_path.stat().st_size, "sha256": source_sha256},
             "tensors": _tensor_file_binding(tmp_tensors),
         }
         tmp_header.write_text(json.dumps(header, indent=1) + "\n")
