@@ -1,4 +1,12 @@
-"""End to end: ``python -m h3r_ros.demo`` with a tiny random-weight model, 3 frames.
+"""End to end: ``python -m h3r_ros.demo`` as a user runs it, twice.
+
+1. Weights from the Hub: no checkpoint in its models folder, the Hub (the stand-in of
+   test/hub_server.py on 127.0.0.1, serving the tiny random-weight model under the 672S
+   file name) answers, so the demo fetches, verifies and converts the checkpoint and runs
+   the node with it (3 frames).
+2. Offline: no checkpoint and the Hub unreachable, so the demo says so in one line and runs
+   the released 672S architecture with random weights and the settings that make every
+   output carry data (2 small frames).
 
 The demo runs in a subprocess exactly as scripts/demo.sh runs it: it starts the node as
 another process, publishes the frames over DDS (loopback only: the environment from
@@ -16,16 +24,39 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hub_server import FakeHub
 from rosbags.highlevel import AnyReader
 
+from h3r_ros import weights
 from ros_helpers import TINY_INPUT_SIZE, synthetic_frames, write_tiny_checkpoint
+from test_weights import closed_port_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 3
+RANDOM_FRAMES = 2
 
 
 def _stamp(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _run_demo(tmp: Path, endpoint: str, frames: int, *extra: str) -> tuple[Path, Path, str]:
+    models = tmp / "models"  # no checkpoint and no SMPL-X: the demo must fetch / stand in
+    models.mkdir()
+    output = tmp / "out"
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(tmp / "hf_home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    # Its own domain (conftest uses 1..100), away from nodes of other tests in this process.
+    env["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + frames) % 100)
+    command = [
+        sys.executable, "-m", "h3r_ros.demo",
+        "--frames", str(frames), "--size", "320x180", "--output", str(output), "--models", str(models),
+        "--device", "cpu", "--param", f"input_size:={TINY_INPUT_SIZE}",
+        "--startup-timeout", "300", "--frame-timeout", "120", *extra,
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"demo failed:\n{done.stdout}\n{done.stderr}"
+    return output, models, done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +64,15 @@ def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     # The node tests' tiny random model (detector calibrated to a few people per frame).
     checkpoint = write_tiny_checkpoint(tmp / "human3r_tiny.pth", synthetic_frames(4))
-    empty_models = tmp / "models"  # no SMPL-X there: the demo must generate its stand-in
-    empty_models.mkdir()
-    output = tmp / "out"
-    env = dict(os.environ)
-    # Its own domain (conftest uses 1..100), away from nodes of other tests in this process.
-    env["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 100)
-    command = [
-        sys.executable, "-m", "h3r_ros.demo",
-        "--frames", str(FRAMES), "--size", "320x180",
-        "--output", str(output), "--checkpoint", str(checkpoint), "--models", str(empty_models),
-        "--device", "cpu", "--param", f"input_size:={TINY_INPUT_SIZE}",
+    with FakeHub(weights.REPO_ID, {"human3r_672S.pth": checkpoint.read_bytes()}) as hub:
         # Random weights call every pixel human: keep them in the map so it is not empty.
-        "--param", "map_exclude_humans:=false",
-        "--startup-timeout", "120", "--frame-timeout", "60",
-    ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, f"demo failed:\n{done.stdout}\n{done.stderr}"
-    return output, done.stdout
+        output, models, stdout = _run_demo(tmp, hub.endpoint, FRAMES, "--param", "map_exclude_humans:=false")
+    return output, stdout, models
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+    return _run_demo(tmp_path_factory.mktemp("demo_random"), closed_port_endpoint(), RANDOM_FRAMES)
 
 
 def _messages(bag: Path) -> dict[str, list]:
@@ -61,8 +83,17 @@ def _messages(bag: Path) -> dict[str, list]:
     return by_topic
 
 
+def test_without_a_checkpoint_the_demo_fetches_one_from_the_hub_and_uses_it(demo_run):
+    output, stdout, models = demo_run
+    assert "fetching human3r_672S.pth" in stdout and "CC BY-NC-SA 4.0" in stdout
+    assert sorted(p.name for p in models.glob("human3r*")) == ["human3r_672S.json", "human3r_672S.safetensors"]
+    converted = (models / "human3r_672S.safetensors").resolve()
+    assert f"checkpoint: {converted}" in (output / "params.yaml").read_text()
+    assert f"Weights: {converted}" in stdout
+
+
 def test_bag_holds_every_output_with_the_input_stamps(demo_run):
-    output, _ = demo_run
+    output, _, _ = demo_run
     bag = output / "bag"
     assert list(bag.glob("*.mcap")), "the bag must use MCAP storage"
     msgs = _messages(bag)
@@ -96,7 +127,7 @@ def test_bag_holds_every_output_with_the_input_stamps(demo_run):
 
 
 def test_summary_printed(demo_run):
-    output, stdout = demo_run
+    output, stdout, _ = demo_run
     assert f"Processed {FRAMES}/{FRAMES} frames" in stdout
     assert "SYNTHETIC SMPL-X" in stdout and "RANDOM WEIGHTS" not in stdout
     for stage in ("model", "publish", "total", "/humans", "/cloud"):
@@ -106,8 +137,30 @@ def test_summary_printed(demo_run):
 
 
 def test_preview_is_a_real_picture(demo_run):
-    output, _ = demo_run
+    output, _, _ = demo_run
     image = cv2.imread(str(output / "preview.png"))
     assert image is not None and image.shape[0] >= 400 and image.shape[1] >= 1000
     assert image.std() > 20  # not a blank canvas
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1000  # input strip + drawn content
+
+
+def test_offline_the_demo_says_so_and_runs_random_weights(random_run):
+    output, models, stdout = random_run
+    (line,) = [text for text in stdout.splitlines() if "not reachable" in text]
+    assert "bash scripts/fetch_weights.sh" in line and "running random weights" in line
+    assert "RANDOM WEIGHTS" in stdout and "RANDOM-WEIGHT SETTINGS" in stdout
+    assert not list(models.glob("human3r*")), "nothing may be left that looks like a checkpoint"
+    params = (output / "params.yaml").read_text()
+    assert "allow_random_weights: true" in params and "variant: 672S" in params
+    assert "Weights: RANDOM (672S architecture)" in stdout
+
+
+def test_random_weights_exercise_every_output(random_run):
+    output, _, stdout = random_run
+    assert f"Processed {RANDOM_FRAMES}/{RANDOM_FRAMES} frames" in stdout
+    msgs = _messages(output / "bag")
+    assert len(msgs["/cloud"]) == RANDOM_FRAMES and all(c.width > 0 for c in msgs["/cloud"])
+    assert msgs["/map_cloud"][-1].width > 0
+    for topic in ("/humans", "/markers", "/camera_path", "/depth", "/estimated_camera_info", "/tf"):
+        assert len(msgs.get(topic, [])) >= RANDOM_FRAMES, topic
+    assert cv2.imread(str(output / "preview.png")) is not None

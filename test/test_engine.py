@@ -255,9 +255,14 @@ def test_vertices_only_when_asked(tiny, body_model):
             assert p.vertices_cam is None and p.vertices_world is None
             assert q.vertices_cam.shape == q.vertices_world.shape == (10475, 3)
             np.testing.assert_allclose(p.joints_world, q.joints_world, atol=1e-5)
-            # Without a body model the network's own outputs are still reported.
-            assert r.joints_cam is None and r.full_pose_world is None
+            # Without a body model the network's own outputs and the pose are still reported;
+            # what needs the body's shape is not.
+            assert r.joints_cam is None and r.joints_world is None and r.transl_world is None
+            assert r.pelvis_rotation_world is None
             np.testing.assert_array_equal(r.head_cam, p.head_cam)
+            np.testing.assert_allclose(r.full_pose_world, p.full_pose_world, atol=1e-5)
+            np.testing.assert_allclose(r.head_world, p.joints_world[15], atol=1e-5)
+            np.testing.assert_allclose(p.head_world, p.joints_world[15], atol=1e-5)
 
 
 def test_bfloat16_close_to_float32(tiny):

@@ -1,6 +1,7 @@
 """Lifecycle of the node: configure failures leave it unconfigured with a clear error, the
 transitions load and free the model, and the executable stops cleanly on SIGINT / SIGTERM."""
 
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lifecycle_msgs.msg import State, Transition
@@ -16,6 +18,8 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from ros_helpers import RosHarness, image_msg, tiny_assets, wait_until
 from sensor_msgs.msg import Image
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker, MarkerArray
 
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import parameters
@@ -23,6 +27,7 @@ from h3r_ros.ros.node import Human3RNode
 
 REPO = Path(__file__).resolve().parent.parent
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+CAMERA = "camera_optical"  # image_msg's default frame_id
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +64,6 @@ def test_configure_fails_cleanly_on_missing_or_bad_files(make_node, tmp_path, ca
     cases = {
         "does not exist": dict(checkpoint=str(tmp_path / "missing.pth")),
         "cannot load checkpoint": dict(checkpoint=str(corrupt)),
-        "SMPL-X model not found": dict(smplx_dir=str(tmp_path / "no_smplx")),
         "is unreadable": dict(smplx_dir=str(bad_smplx.parent)),
         "world_frame: must not be empty": dict(world_frame=""),
     }
@@ -71,6 +75,52 @@ def test_configure_fails_cleanly_on_missing_or_bad_files(make_node, tmp_path, ca
         assert node.lifecycle_state == "unconfigured"
         assert node._loaded is None and node._outputs is None
         assert message in capfd.readouterr().err  # rcutils logs to stderr
+
+
+def test_without_smplx_the_node_publishes_people_without_bodies(make_node, ros, tmp_path, capfd):
+    """No SMPL-X file: configure succeeds with a warning that says what is missing and where
+    it goes; people keep id, score, head and SMPL-X pose/shape, flagged as bodiless; markers
+    are heads only."""
+    no_smplx = tmp_path / "empty_models"
+    no_smplx.mkdir()
+    node = make_node(**(tiny_assets().parameters() | dict(smplx_dir=str(no_smplx), publish_body_tf=True)))
+    assert node.trigger_configure() == SUCCESS
+    err = capfd.readouterr().err
+    assert "people-without-bodies mode" in err and f"{no_smplx}/SMPLX_NEUTRAL.npz" in err
+    assert node._loaded.faces is None and node._loaded.engine.body_model is None
+    assert node.trigger_activate() == SUCCESS
+
+    humans = ros.collect(HumanArray, "humans")
+    markers = ros.collect(MarkerArray, "markers")
+    tf = ros.collect(TFMessage, "/tf", 100)
+    publisher = ros.probe.create_publisher(Image, "image", 1)
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched() and markers.matched(), 30)
+        found = None
+        for i, frame in enumerate(tiny_assets().frames[:4]):
+            stamp = ros.probe.get_clock().now().to_msg()
+            publisher.publish(image_msg(frame, stamp))
+            found = humans.wait_stamp(stamp, 120.0)
+            if found.humans:
+                break
+        assert found.humans, "the tiny model detects people in these frames"
+        marker_msg = markers.wait_stamp(stamp, 10.0, key=lambda m: m.markers[-1].header.stamp)
+        tf_msg = tf.wait_stamp(stamp, 10.0, key=lambda m: m.transforms[0].header.stamp)
+    finally:
+        ros.probe.destroy_publisher(publisher)
+    for person in found.humans:
+        assert person.has_body is False and len(person.joints) == 0 and len(person.vertices) == 0
+        assert all(math.isfinite(v) for v in (person.head.x, person.head.y, person.head.z))
+        assert math.isnan(person.pelvis.position.x) and math.isnan(person.pelvis.orientation.w)
+        assert np.isnan(person.transl).all()
+        assert np.isfinite(person.full_pose).all() and np.isfinite(person.betas).all()
+    added = [m for m in marker_msg.markers if m.action == Marker.ADD]
+    assert len(added) == len(found.humans)
+    for marker, person in zip(added, found.humans):
+        assert marker.type == Marker.SPHERE_LIST and len(marker.points) == 1
+        assert (marker.points[0].x, marker.points[0].y, marker.points[0].z) == (person.head.x, person.head.y,
+                                                                                 person.head.z)
+    assert [t.child_frame_id for t in tf_msg.transforms] == [CAMERA], "no body frames without bodies"
 
 
 def test_parameters_are_documented_and_validated(make_node):

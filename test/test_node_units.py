@@ -127,10 +127,12 @@ def test_tf_modes_publish_the_pose_or_its_inverse():
 
 def fake_person(track_id=3, with_vertices=False):
     rng = np.random.default_rng(track_id)
+    joints = rng.normal(size=(55, 3)).astype(np.float32)
     return SimpleNamespace(
         track_id=track_id,
         score=0.75,
-        joints_world=rng.normal(size=(55, 3)).astype(np.float32),
+        head_world=joints[15].copy(),
+        joints_world=joints,
         pelvis_rotation_world=random_rotation(rng).astype(np.float32),
         betas=rng.normal(size=10).astype(np.float32),
         expression=rng.normal(size=10).astype(np.float32),

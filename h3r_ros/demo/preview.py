@@ -122,7 +122,8 @@ def render_preview(
     warnings: list[str],
 ) -> np.ndarray:
     """The preview image (BGR). ``skeletons``: (track id, (55, 3) world joints) to draw."""
-    everything = [points] + [j for _, j in skeletons] + [camera_positions]
+    # The scene frames the view (people stand inside it); skeletons only when there is no cloud.
+    everything = [points, camera_positions] if len(points) else [j for _, j in skeletons] + [camera_positions]
     stacked = np.concatenate([a.reshape(-1, 3) for a in everything if len(a)] or [np.zeros((1, 3))])
     # Percentiles keep a few far-away outlier points from shrinking the scene to a dot.
     lo, hi = np.percentile(stacked, 2, axis=0), np.percentile(stacked, 98, axis=0)

@@ -4,9 +4,10 @@
     python -m h3r_ros.demo --input walk.mp4 --frames 30 --stride 5
     python -m h3r_ros.demo --input my_bag/ --topic /camera/image_raw
 
-It picks the weights and SMPL-X model (falling back to random weights and a synthetic
-body model, loudly flagged), starts the lifecycle node as its own process
-(``python -m h3r_ros.ros.node_main``, autostart) with DDS confined to loopback, publishes
+It picks the weights (a checkpoint in models/; without one it fetches the released 672S
+from the Hugging Face Hub when the Hub answers, else runs random weights) and the SMPL-X
+model (else a synthetic stand-in), flagging every stand-in loudly, starts the lifecycle
+node as its own process (``python -m h3r_ros.ros.node_main``, autostart) with DDS confined to loopback, publishes
 every frame as a sensor_msgs/Image and waits for that frame's outputs before the next (so
 no frame is dropped), records every output topic to an MCAP rosbag2, prints per-stage and
 end-to-end latencies and renders a preview PNG.
@@ -32,10 +33,15 @@ import numpy as np
 import yaml
 
 from h3r_ros.dds_env import apply_loopback_env
+from h3r_ros.weights import DEFAULT_VARIANT, VARIANTS
 
 NODE_NAME = "human3r_node"  # the node's default name
 CAMERA_FRAME = "camera_optical"
-RANDOM_VARIANT = "672S"  # the smallest released architecture
+HUB_CHECK_TIMEOUT = 3.0  # s: the demo must not hang on a network that drops packets
+# With random weights every confidence is meaningless (and stays below the default 2.0):
+# let every point through, keep the "human" pixels (all of them) in the map, and use voxels
+# small enough for the few centimetres random weights spread their points over.
+RANDOM_WEIGHT_PARAMS = {"cloud_conf_threshold": 1.0, "map_exclude_humans": False, "map_voxel_size": 0.002}
 BANNER_WIDTH = 78
 MAX_DRAWN_PEOPLE = 20  # highest scores first; random weights "detect" hundreds
 
@@ -50,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default="output/demo", help="output folder (default output/demo)")
     parser.add_argument("--models", help="folder with human3r*.pth|.safetensors and smplx/ (default: the node's models/)")
     parser.add_argument("--checkpoint", help="Human3R weights (default: the one in models/)")
+    parser.add_argument(
+        "--variant", default=DEFAULT_VARIANT, choices=VARIANTS,
+        help="checkpoint to fetch when models/ has none, and the architecture of random weights (default 672S)",
+    )
+    parser.add_argument("--no-fetch", action="store_true",
+                        help="never download weights: without a checkpoint, run random weights")
     parser.add_argument("--smplx-dir", help="folder with SMPLX_NEUTRAL.npz (default: models/smplx)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument(
@@ -77,22 +89,31 @@ def model_parameters(args, output: Path) -> tuple[dict, list[str]]:
     """
     from h3r_ros.demo.synthetic_smplx import write_synthetic_smplx
     from h3r_ros.ros.engine_loader import find_checkpoint, models_dirs
+    from h3r_ros.weights import default_dest, fetch_command
 
     searched = [Path(args.models)] if args.models else models_dirs()
     where = " or ".join(f"{d}/" for d in searched) or "models/"
     warnings = []
     params = {"device": args.device}
     checkpoint = Path(args.checkpoint) if args.checkpoint else find_checkpoint(searched)
+    if checkpoint is None and not args.no_fetch:
+        checkpoint = fetch_weights(args.variant, searched[0] if searched else default_dest())
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
         params["checkpoint"] = str(checkpoint.resolve())
     else:
-        params.update(checkpoint="", allow_random_weights=True, variant=RANDOM_VARIANT)
+        params.update(checkpoint="", allow_random_weights=True, variant=args.variant, **RANDOM_WEIGHT_PARAMS)
         warnings.append(
             f"RANDOM WEIGHTS: no human3r*.pth / human3r*.safetensors in {where}. The node runs the released "
-            f"{RANDOM_VARIANT} architecture with random weights: people, cloud and camera path are MEANINGLESS "
-            "and only exercise the pipeline. Put a Human3R checkpoint in models/ for real output."
+            f"{args.variant} architecture with random weights: people, cloud and camera path are MEANINGLESS "
+            f"and only exercise the pipeline. Get the real weights with: {fetch_command(args.variant)}"
+        )
+        warnings.append(
+            "RANDOM-WEIGHT SETTINGS: so that every output carries data, cloud_conf_threshold is lowered from "
+            f"2.0 to {RANDOM_WEIGHT_PARAMS['cloud_conf_threshold']} (every point passes), map_exclude_humans "
+            "is off (random weights call every pixel human) and map_voxel_size is "
+            f"{RANDOM_WEIGHT_PARAMS['map_voxel_size']} m (their points lie within centimetres)."
         )
     if args.smplx_dir:
         smplx_dir = Path(args.smplx_dir)
@@ -112,6 +133,29 @@ def model_parameters(args, output: Path) -> tuple[dict, list[str]]:
         )
     params["smplx_dir"] = str(smplx_dir.resolve())
     return params, warnings
+
+
+def fetch_weights(variant: str, dest: Path) -> Path | None:
+    """The released checkpoint, fetched into ``dest`` when the Hub answers quickly; None
+    (after one line saying why) when it does not or the fetch fails."""
+    from h3r_ros import weights
+
+    started = time.monotonic()
+    remote, why_not = weights.hub_reachable(variant, HUB_CHECK_TIMEOUT)
+    if remote is None:
+        print(f"Hugging Face Hub not reachable ({why_not}; checked in {time.monotonic() - started:.1f} s): "
+              f"running random weights. Fetch the weights later with: {weights.fetch_command(variant)}", flush=True)
+        return None
+    print(f"no checkpoint in {dest}/: fetching human3r_{variant}.pth ({remote.size / 1e9:.1f} GB) from the "
+          "Hugging Face Hub (--no-fetch skips this)", flush=True)
+    try:
+        path = weights.fetch(variant, dest)
+    except weights.FetchError as exc:
+        print(f"fetch failed ({exc}): running random weights. Try again with: {weights.fetch_command(variant)}",
+              flush=True)
+        return None
+    print(f"fetched {path}\n{weights.LICENCE_NOTE}", flush=True)
+    return path
 
 
 def user_parameters(items: list[str]) -> dict:
@@ -219,6 +263,7 @@ def main(argv=None) -> int:
         "",
         f"Processed {len(frame_log) - lost}/{len(frame_log)} frames, {elapsed:.1f} s including model loading "
         f"({lost} without output); people per frame {people}; {track_text}",
+        "Weights: " + (params["checkpoint"] or f"RANDOM ({params['variant']} architecture)"),
         "Messages recorded: " + ", ".join(f"{t} {n}" for t, n in sorted(recorder.counts.items())),
         *latency_table(stage_times(recorder.diagnostics), end_to_end),
         f"Bag (MCAP rosbag2): {bag_dir}",
@@ -358,7 +403,8 @@ def _write_preview(path: Path, recorder, source, warnings: list[str]) -> None:
 
     last_with_people = next((m for m in reversed(recorder.humans) if m.humans), None)
     people = sorted(last_with_people.humans if last_with_people else [], key=lambda h: -h.score)
-    skeletons = [(h.track_id, np.array([[p.x, p.y, p.z] for p in h.joints])) for h in people[:MAX_DRAWN_PEOPLE]]
+    skeletons = [(h.track_id, np.array([[p.x, p.y, p.z] for p in h.joints]))
+                 for h in people[:MAX_DRAWN_PEOPLE] if h.has_body]
     path_msg = recorder.latest.get("/camera_path")
     cameras = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in path_msg.poses]) \
         if path_msg is not None and path_msg.poses else np.zeros((0, 3))
@@ -366,6 +412,14 @@ def _write_preview(path: Path, recorder, source, warnings: list[str]) -> None:
     title = f"h3r_ros demo: {source.description}; {len(recorder.humans)} frames processed"
     if len(people) > MAX_DRAWN_PEOPLE:
         title += f"; {MAX_DRAWN_PEOPLE} of {len(people)} people drawn"
-    short = [w.split(":")[0] + ": output is not a real reconstruction" for w in warnings]
+    short = [_short_warning(w) for w in warnings]
     image = render_preview(points, colours, skeletons, cameras, source.frames, title, short)
     cv2.imwrite(str(path), image)
+
+
+def _short_warning(warning: str) -> str:
+    """One preview line per banner entry."""
+    title = warning.split(":")[0]
+    if title == "RANDOM-WEIGHT SETTINGS":
+        return f"{title}: cloud_conf_threshold {RANDOM_WEIGHT_PARAMS['cloud_conf_threshold']}, people kept in the map"
+    return f"{title}: output is not a real reconstruction"

@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import roma
 import torch
 
 from ..model.human3r import EXTRA_OUTPUTS
-from .body_model import BodyModel
+from .body_model import BodyModel, human3r_to_smplx_pose
 from .geometry import PoseChain, estimate_focal, intrinsics, pose_encoding_to_c2w, principal_point, transform_points
 from .preprocess import pad_image, resize_and_crop, to_model_input, unpad_image, unpad_uv
 from .result import FrameResult, Person
@@ -292,7 +293,14 @@ class Human3REngine:
         t["expression"] = out["smpl_expression"][0]
         t["head_cam"] = out["smpl_transl"][0]
         t["head_pixel"] = unpad_uv(out["smpl_loc"][0], self._mhmr_res, input_hw)
-        if self.body_model is not None:
+        t["head_world"] = transform_points(world_from_cam, t["head_cam"])
+        if self.body_model is None:
+            # Without a body model the pose parameters still hold; only what needs the
+            # model's shape (joints, pelvis, mesh, SMPL-X transl) is missing.
+            pose = human3r_to_smplx_pose(t["rotmat"])
+            pose[:, 0] = world_from_cam[:3, :3] @ pose[:, 0]
+            t["full_pose_world"] = roma.rotmat_to_rotvec(pose)
+        else:
             cam = self.body_model(t["rotmat"], t["betas"], t["expression"], t["head_cam"], cfg.with_vertices)
             world = cam.transformed(world_from_cam)
             t["joints_cam"] = cam.joints
@@ -307,7 +315,7 @@ class Human3REngine:
 
     @staticmethod
     def _people(host: dict[str, np.ndarray], ids: list[int]) -> list[Person]:
-        optional = ("joints_cam", "joints_world", "full_pose_world", "transl_world", "pelvis_rotation_world",
+        optional = ("joints_cam", "joints_world", "transl_world", "pelvis_rotation_world",
                     "vertices_cam", "vertices_world")  # absent without a body model / vertices
         return [
             Person(
@@ -318,6 +326,8 @@ class Human3REngine:
                 expression=host["expression"][k],
                 head_cam=host["head_cam"][k],
                 head_pixel=host["head_pixel"][k],
+                head_world=host["head_world"][k],
+                full_pose_world=host["full_pose_world"][k],
                 **{name: host[name][k] if name in host else None for name in optional},
             )
             for k, track_id in enumerate(ids)

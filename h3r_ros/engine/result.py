@@ -19,13 +19,14 @@ class Person:
     expression: np.ndarray  # (10,)
     head_cam: np.ndarray  # (3,) head joint position in the camera frame
     head_pixel: np.ndarray  # (2,) detected head location (x, y) in model-input pixels
-    # SMPL-X skeleton (first 55 of the body model's joints). This block is None when the
-    # engine runs without a body model.
+    head_world: np.ndarray  # (3,) head joint position in the world frame
+    # Vanilla SMPL-X pose whose stock forward gives the world-frame mesh (with transl_world).
+    full_pose_world: np.ndarray  # (55, 3) axis-angle, joint 0 relative to the world frame
+    # SMPL-X skeleton (first 55 of the body model's joints) and what needs the body model's
+    # shape. This block is None when the engine runs without a body model.
     joints_cam: np.ndarray | None  # (55, 3)
     joints_world: np.ndarray | None  # (55, 3)
-    # Vanilla SMPL-X parameters whose stock forward gives the world-frame mesh.
-    full_pose_world: np.ndarray | None  # (55, 3) axis-angle, joint 0 relative to the world frame
-    transl_world: np.ndarray | None  # (3,)
+    transl_world: np.ndarray | None  # (3,) SMPL-X ``transl`` argument
     # Pelvis rotation in the world frame (SMPL-X body axes: x left, y up, z forward).
     pelvis_rotation_world: np.ndarray | None  # (3, 3)
     vertices_cam: np.ndarray | None = None  # (10475, 3), only when requested

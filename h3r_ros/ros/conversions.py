@@ -8,6 +8,7 @@ quantities are in the OpenCV optical frame (x right, y down, z forward). SMPL-X 
 from __future__ import annotations
 
 import array
+import math
 
 import numpy as np
 from geometry_msgs.msg import Point, Point32, Pose, PoseStamped, Quaternion, TransformStamped, Vector3
@@ -17,7 +18,6 @@ from std_msgs.msg import Header
 
 from h3r_ros.msg import Human, HumanArray
 
-HEAD_JOINT = 15
 NUM_JOINTS = 55
 
 # Columns are the ROS body axes (x forward, y left, z up) written in SMPL-X body axes
@@ -105,29 +105,42 @@ def body_to_world(person) -> np.ndarray:
 
 
 def body_transforms(result, camera_frame: str, prefix: str, stamp) -> list[TransformStamped]:
-    """REP-155 body frames: ``camera_frame -> <prefix><track_id>`` for every person. Parented to
-    the sensor frame (not the world) so they hold in every tf_mode, including 'none'."""
+    """REP-155 body frames: ``camera_frame -> <prefix><track_id>`` for every person with a
+    body (none without a body model: there is no pelvis). Parented to the sensor frame (not
+    the world) so they hold in every tf_mode, including 'none'."""
     world_to_cam = invert_transform(np.asarray(result.cam_to_world, dtype=np.float64))
     return [
         transform_msg(world_to_cam @ body_to_world(person), camera_frame, f"{prefix}{person.track_id}", stamp)
         for person in result.people
+        if person.joints_world is not None
     ]
 
 
+_NAN_POSE = Pose(position=Point(x=math.nan, y=math.nan, z=math.nan),
+                 orientation=Quaternion(x=math.nan, y=math.nan, z=math.nan, w=math.nan))
+
+
 def human_msg(person, with_vertices: bool) -> Human:
-    """One engine Person -> Human, every pose in the world frame."""
-    joints = np.asarray(person.joints_world, dtype=np.float64)
-    pelvis = body_to_world(person)
+    """One engine Person -> Human, every pose in the world frame. A person without a body
+    (no body model) gets has_body false, no joints or vertices, and NaN pelvis and transl."""
+    has_body = person.joints_world is not None
     msg = Human(
         track_id=int(person.track_id),
         score=float(person.score),
-        pelvis=pose_msg(pelvis[:3, :3], pelvis[:3, 3]),
-        head=_point(joints[HEAD_JOINT]),
-        joints=[_point(j) for j in joints[:NUM_JOINTS]],
+        has_body=has_body,
+        head=_point(np.asarray(person.head_world, dtype=np.float64)),
     )
     msg.betas = np.asarray(person.betas, dtype=np.float32).reshape(10)
     msg.expression = np.asarray(person.expression, dtype=np.float32).reshape(10)
     msg.full_pose = np.asarray(person.full_pose_world, dtype=np.float32).reshape(3 * NUM_JOINTS)
+    if not has_body:
+        msg.pelvis = _NAN_POSE
+        msg.transl = np.full(3, np.nan, dtype=np.float32)
+        return msg
+    joints = np.asarray(person.joints_world, dtype=np.float64)
+    pelvis = body_to_world(person)
+    msg.pelvis = pose_msg(pelvis[:3, :3], pelvis[:3, 3])
+    msg.joints = [_point(j) for j in joints[:NUM_JOINTS]]
     msg.transl = np.asarray(person.transl_world, dtype=np.float32).reshape(3)
     if with_vertices:
         if person.vertices_world is None:

@@ -1,7 +1,8 @@
 """Settings -> a ready Human3R engine: file look-up, device choice, weights, SMPL-X.
 
 Every failure is a LoadError whose text tells the user what to fix; the node logs it and
-stays unconfigured.
+stays unconfigured. A missing SMPL-X model is not a failure: the engine then runs in the
+people-without-bodies mode (``LoadedEngine.warning`` says so and where the file goes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from h3r_ros.engine.body_model import BodyModel
+from h3r_ros.engine.body_model import SMPLX_FILE, BodyModel
 from h3r_ros.engine.engine import EngineConfig, Human3REngine
 from h3r_ros.model.checkpoint import load_human3r
 from h3r_ros.model.config import Human3RConfig
@@ -37,9 +38,10 @@ class LoadError(RuntimeError):
 @dataclass
 class LoadedEngine:
     engine: Human3REngine
-    faces: np.ndarray  # (F, 3) SMPL-X triangles, for mesh markers
+    faces: np.ndarray | None  # (F, 3) SMPL-X triangles, for mesh markers; None without a body model
     device: torch.device
     description: str  # what was loaded, for logs and diagnostics
+    warning: str = ""  # what is missing (SMPL-X), for the configure log
 
 
 def models_dirs() -> list[Path]:
@@ -121,20 +123,30 @@ def _load_model(path: Path | None, settings, device: torch.device):
     return model, str(path)
 
 
-def _load_body_model(settings, device: torch.device) -> BodyModel:
+def _load_body_model(settings, device: torch.device) -> tuple[BodyModel | None, str]:
+    """(body model, '') or, when no SMPL-X file is found, (None, what is missing and where
+    to put it). An unreadable file is a LoadError."""
     if settings.smplx_dir:
         candidates = [Path(settings.smplx_dir).expanduser()]
     else:
         candidates = models_dirs()
-    errors = []
     for candidate in candidates:
         try:
-            return BodyModel(candidate, device=device)
-        except FileNotFoundError as exc:
-            errors.append(str(exc))
+            return BodyModel(candidate, device=device), ""
+        except FileNotFoundError:
+            continue
         except Exception as exc:  # noqa: BLE001 - corrupt npz, wrong arrays, ...
             raise LoadError(f"SMPL-X model in {candidate} is unreadable: {exc}") from exc
-    raise LoadError("SMPL-X model not found (parameter 'smplx_dir'): " + " | ".join(errors or ["no models/ folder"]))
+    looked = ", ".join(str(c) for c in candidates) or "no models/ folder"
+    where = (f"{candidates[0]}/{SMPLX_FILE}" if settings.smplx_dir
+             else (f"{candidates[0]}/smplx/{SMPLX_FILE}" if candidates else f"models/smplx/{SMPLX_FILE}"))
+    return None, (
+        f"no SMPL-X model ({SMPLX_FILE}; looked in {looked}): running in people-without-bodies mode, "
+        "humans carry track id, score, head position and SMPL-X pose/shape parameters but no joints, "
+        "pelvis pose or mesh (Human.has_body is false), markers show heads only. For bodies, download "
+        f"SMPL-X v1.1 (https://smpl-x.is.tue.mpg.de, registration required) and put {SMPLX_FILE} at "
+        f"{where} (or set the parameter 'smplx_dir')."
+    )
 
 
 def load_engine(settings) -> LoadedEngine:
@@ -155,8 +167,9 @@ def load_engine(settings) -> LoadedEngine:
     except ValueError as exc:
         raise LoadError(str(exc)) from exc
     checkpoint = _checkpoint_path(settings)  # cheap checks first: fail fast
-    body_model = _load_body_model(settings, device)
+    body_model, warning = _load_body_model(settings, device)
     model, source = _load_model(checkpoint, settings, device)
     engine = Human3REngine(model, config, body_model)
-    faces = body_model.faces.detach().cpu().numpy().astype(np.int64)
-    return LoadedEngine(engine, faces, device, f"{source} on {device} ({settings.dtype})")
+    faces = None if body_model is None else body_model.faces.detach().cpu().numpy().astype(np.int64)
+    bodies = "no SMPL-X: people without bodies" if body_model is None else "SMPL-X bodies"
+    return LoadedEngine(engine, faces, device, f"{source} on {device} ({settings.dtype}), {bodies}", warning)

@@ -5,7 +5,8 @@ marker id and a colour derived from it, so RViz replaces them in place. RViz kee
 namespace it has seen, so namespaces must not grow with the number of tracks. Every marker
 has a lifetime (a few inference periods): markers vanish by themselves when the node stops
 or a person stops being seen. A track that ends gets DELETE for the markers it had; a reset
-deletes everything.
+deletes everything. People without a body (no SMPL-X model) are one sphere at the head,
+in the joints namespace.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ NAMESPACES = (BONES_NS, JOINTS_NS, MESH_NS)
 _ID_RANGE = 2**31  # Marker.id is int32
 BONE_WIDTH = 0.02  # m
 JOINT_DIAMETER = 0.04  # m
+HEAD_DIAMETER = 0.25  # m, about a head
 MESH_ALPHA = 0.6
 
 
@@ -72,6 +74,14 @@ def skeleton_markers(header: Header, track_id: int, joints: np.ndarray, lifetime
     return [bones, spheres]
 
 
+def head_marker(header: Header, track_id: int, head: np.ndarray, lifetime: float = 0.0) -> Marker:
+    """A person without a body: one sphere at the head (head: (3,))."""
+    sphere = _marker(header, track_id, JOINTS_NS, Marker.SPHERE_LIST, HEAD_DIAMETER)
+    sphere.points = _points(np.reshape(head, (1, 3)))
+    sphere.lifetime = _duration(lifetime)
+    return sphere
+
+
 def mesh_marker(header: Header, track_id: int, vertices: np.ndarray, faces: np.ndarray,
                 lifetime: float = 0.0) -> Marker:
     """TRIANGLE_LIST of one SMPL-X mesh (vertices (V, 3), faces (F, 3) int)."""
@@ -102,9 +112,10 @@ class TrackMarkers:
 
     def update(self, header: Header, people, faces: np.ndarray | None = None, lifetime: float = 0.0,
                mesh_lifetime: float = 0.0) -> MarkerArray:
-        """Markers for this frame's people (objects with ``track_id``, ``joints_world`` and,
-        when ``faces`` is given, ``vertices_world``); tracks that vanished get DELETE for
-        the markers they had. Lifetimes in seconds (0 = until deleted)."""
+        """Markers for this frame's people (objects with ``track_id``, ``head_world``,
+        ``joints_world`` (None: head only) and, when ``faces`` is given, ``vertices_world``);
+        tracks that vanished get DELETE for the markers they had. Lifetimes in seconds
+        (0 = until deleted)."""
         markers: list[Marker] = []
         if self._clear_all:
             markers.append(Marker(header=header, action=Marker.DELETEALL))
@@ -121,6 +132,9 @@ class TrackMarkers:
         self._meshes &= current
         for person in people:
             track_id = int(person.track_id)
+            if person.joints_world is None:
+                markers.append(head_marker(header, track_id, person.head_world, lifetime))
+                continue
             markers.extend(skeleton_markers(header, track_id, person.joints_world, lifetime))
             if faces is not None:
                 markers.append(mesh_marker(header, track_id, person.vertices_world, faces, mesh_lifetime))

@@ -257,6 +257,8 @@ class Human3RNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._settings = settings
         self.get_logger().info(f"loaded Human3R: {self._loaded.description}")
+        if self._loaded.warning:
+            self.get_logger().warning(self._loaded.warning)
 
         self._outputs = _Outputs(
             humans=self.create_lifecycle_publisher(HumanArray, "humans", _EVENT_QOS),

@@ -93,7 +93,8 @@ _SPECS: dict[str, _Spec] = {
                      "Only needed with random weights.", choices=VARIANTS),
     "allow_random_weights": _Spec("Start with random weights when no checkpoint is found (testing "
                                   "the plumbing only; the outputs are meaningless)."),
-    "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/."),
+    "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/. "
+                       "Without the file: people without bodies (Human.has_body false)."),
     "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
     "dtype": _Spec("Inference precision.", choices=DTYPES),
     "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
