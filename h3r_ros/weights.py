@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the download", file=sys.stderr)
+        return 130
     print(f"checkpoint: {path} (+ {path.with_suffix('.json').name})")
     print(LICENCE_NOTE)
     return 0

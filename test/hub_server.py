@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -118,3 +119,10 @@ class FakeHub:
         handler.send_header("X-Repo-Commit", COMMIT)
         handler.send_header("Content-Length", "0")
         handler.end_headers()
+
+
+def closed_port_endpoint() -> str:
+    """An endpoint on 127.0.0.1 where connections are refused (a Hub that is not there)."""
+    with socket.socket() as s:  # bound, never listening
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

@@ -24,12 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hub_server import FakeHub
+from hub_server import FakeHub, closed_port_endpoint
 from rosbags.highlevel import AnyReader
 
 from h3r_ros import weights
 from ros_helpers import TINY_INPUT_SIZE, synthetic_frames, write_tiny_checkpoint
-from test_weights import closed_port_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 3

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import FakeHub
+from hub_server import FakeHub, closed_port_endpoint
 from ros_helpers import synthetic_frames, write_tiny_checkpoint
 
 from h3r_ros import weights
@@ -184,14 +184,6 @@ def test_failures_say_what_happened(hub, tmp_path, case):
     assert done.returncode == 1
     assert expected in done.stderr and "Traceback" not in done.stderr
     assert not hub.gets()
-
-
-def closed_port_endpoint() -> str:
-    import socket
-
-    with socket.socket() as s:  # bound, never listening: connections are refused
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 DiskUsage = namedtuple("DiskUsage", "total used free")
