@@ -24,6 +24,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ID = "faneggg/human3r"
 VARIANTS = ("672S", "672B", "672L", "896L")
@@ -185,9 +186,12 @@ def _download(remote: RemoteFile, part: Path, log) -> None:
         have = 0
     if have:
         log(f"resuming {remote.filename} at {_gb(have)} of {_gb(remote.size)}")
+    headers = build_hf_headers()
+    if urlsplit(remote.url).hostname != urlsplit(_endpoint()).hostname:
+        headers.pop("authorization", None)  # a signed CDN address: the token stays with the Hub
     try:
         with open(part, "ab") as f:
-            http_get(remote.url, f, resume_size=have, headers=build_hf_headers(), expected_size=remote.size,
+            http_get(remote.url, f, resume_size=have, headers=headers, expected_size=remote.size,
                      displayed_filename=remote.filename)
     except (httpx2.HTTPError, HfHubHTTPError) as exc:
         got = part.stat().st_size if part.exists() else 0

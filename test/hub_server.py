@@ -32,6 +32,7 @@ class FakeHub:
         self.failing = False
         self.corrupt = False
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.authorization: list[str | None] = []  # Authorization header of each file request
         self._lock = threading.Lock()
         hub = self
 
@@ -73,6 +74,9 @@ class FakeHub:
         with self._lock:
             self.requests.append((handler.command, handler.path, handler.headers.get("Range")))
         match = _RESOLVE.match(handler.path)
+        if match is not None:
+            with self._lock:
+                self.authorization.append(handler.headers.get("Authorization"))
         if match is None or match["repo"] != self.repo_id:
             return self._error(handler, 404, "RepoNotFound")
         data = self.files.get(match["filename"])

@@ -101,10 +101,12 @@ def test_fetch_downloads_verifies_converts_and_loads(hub, tiny_pth, tmp_path):
     assert "already there" in again.stdout and len(hub.gets()) == before
 
 
-def test_keep_pth_keeps_the_original_beside_the_pair(hub, tiny_pth, tmp_path):
+def test_keep_pth_keeps_the_original_beside_the_pair_and_the_token_is_sent(hub, tiny_pth, tmp_path):
     dest = tmp_path / "models"
-    done = run_fetch(hub_env(tmp_path, hub.endpoint), "--dest", str(dest), "--keep-pth")
+    done = run_fetch(hub_env(tmp_path, hub.endpoint) | {"HF_TOKEN": "hf_not_a_real_token"}, "--dest", str(dest),
+                     "--keep-pth")
     assert done.returncode == 0, done.stderr
+    assert hub.authorization and set(hub.authorization) == {"Bearer hf_not_a_real_token"}
     assert (dest / FILENAME).read_bytes() == tiny_pth
     assert checkpoint_like_files(dest) == ["human3r_672S.json", FILENAME, "human3r_672S.safetensors"]
 
