@@ -145,6 +145,7 @@ class TinyAssets:
             checkpoint=str(self.checkpoint),
             smplx_dir=str(self.smplx_dir),
             device="cpu",
+            dtype="float32",  # the thresholds below are set for fp32 outputs, the same on every CPU
             input_size=TINY_INPUT_SIZE,
             cloud_conf_threshold=2.095,
             map_exclude_humans=False,

@@ -265,26 +265,72 @@ def test_vertices_only_when_asked(tiny, body_model):
             np.testing.assert_allclose(p.head_world, p.joints_world[15], atol=1e-5)
 
 
-def test_bfloat16_close_to_float32(tiny):
-    """bf16 weights/activations vs the fp32 reference on the tiny random-weight model.
+# bfloat16 error model. bf16 keeps 8 significant bits: round-to-nearest leaves a relative
+# error of at most U = 2^-8 per rounding. A bf16 run is the fp32 computation with such a
+# rounding at every tensor it stores, so its deviation from fp32 is the network's response to
+# those perturbations. The same model and frames in fp32 with weights and every Linear/Conv
+# input and output rounded to bf16 (round-to-nearest-even, exactly specified, so the same on
+# every CPU up to fp32 kernel rounding) measure that response, D. A real bf16 run rounds at those sites and more
+# (norms, softmax, residual sums): with fp32 accumulation (native bf16: AMX, AVX512-BF16)
+# that at most doubles the rounding sites, whose errors add in quadrature, and a deterministic
+# rounding pattern is one draw of the error: tolerance 4 D. Software-emulated kernels (AVX2
+# only) may also round partial sums to bf16, so one dot product of length K carries up to
+# sqrt(K) U instead of U; for this model's inner sizes (64-256) that is 4x more: 16 D.
+# U is a floor for outputs on which the emulation happens to round nothing.
+BF16_U = 2.0**-8
 
-    Tolerances (stated, looser than fp32 parity): camera-to-world entries within 0.05,
-    per-pixel points within 3% of their distance, focal within 10%. Detection counts are
-    not compared: the tiny model's detector scores sit close to the threshold by design.
-    """
+
+def _bf16_rounded(t):
+    return t.bfloat16().float() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
+
+
+def _bf16_storage_emulation(model):
+    """fp32 copy of ``model`` whose weights and Linear/Conv inputs and outputs are rounded to bf16."""
+    emulated = type(model)(model.cfg)
+    emulated.load_state_dict({k: _bf16_rounded(v) for k, v in model.state_dict().items()})
+    for module in emulated.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.register_forward_pre_hook(lambda _m, args: tuple(_bf16_rounded(a) for a in args))
+            module.register_forward_hook(lambda _m, _args, out: _bf16_rounded(out))
+    return emulated.eval()
+
+
+def _deviation(results, reference) -> dict[str, float]:
+    """Worst frame: camera rotation (rad), camera centre / scene distance, p99 point error /
+    point distance, focal (relative)."""
+    worst = dict.fromkeys(("rotation", "centre", "points", "focal"), 0.0)
+    for res, ref in zip(results, reference):
+        scale = float(np.median(np.linalg.norm(ref.points_cam, axis=-1)))
+        delta = res.cam_to_world[:3, :3] @ ref.cam_to_world[:3, :3].T
+        angle = float(np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0)))
+        centre = float(np.linalg.norm(res.cam_to_world[:3, 3] - ref.cam_to_world[:3, 3])) / scale
+        distance = np.linalg.norm(ref.points_cam, axis=-1)
+        points = float(np.quantile(np.linalg.norm(res.points_cam - ref.points_cam, axis=-1) / distance, 0.99))
+        focal = abs(res.K[0, 0] / ref.K[0, 0] - 1)
+        for key, value in zip(worst, (angle, centre, points, focal)):
+            worst[key] = max(worst[key], value)
+    return worst
+
+
+def test_bfloat16_within_its_rounding_error_model(tiny):
+    from h3r_ros.engine.precision import cpu_bf16_capability
+
     fx, model = tiny
-    frames = _frames(fx)
+    frames = _frames(fx)[:3]
     _, reference = _run(model, frames)
+    _, emulated = _run(_bf16_storage_emulation(model), frames)
     bf16 = type(model)(model.cfg)
     bf16.load_state_dict(model.state_dict())
     engine, results = _run(bf16, frames, dtype="bfloat16")
     assert next(engine.model.parameters()).dtype == torch.bfloat16
-    for ref, res in zip(reference, results):
-        np.testing.assert_allclose(res.cam_to_world, ref.cam_to_world, atol=0.05)
-        error = np.linalg.norm(res.points_cam - ref.points_cam, axis=-1)
-        assert (error <= 0.03 * np.linalg.norm(ref.points_cam, axis=-1)).all()
-        assert res.K[0, 0] == pytest.approx(ref.K[0, 0], rel=0.1)
-        assert res.points_world.dtype == np.float32
+    assert all(r.points_world.dtype == np.float32 for r in results)
+
+    native, capability = cpu_bf16_capability()
+    factor = 4.0 if native else 16.0
+    response, measured = _deviation(emulated, reference), _deviation(results, reference)
+    report = f"{capability}; bf16 {measured}, emulation {response}, factor {factor}"
+    for key, value in measured.items():
+        assert value <= factor * max(response[key], BF16_U), f"{key}: {report}"
 
 
 @pytest.mark.parametrize("size", [64, 80, 176])

@@ -376,6 +376,7 @@ def test_diagnostics_report_rates_drops_latency_stages_and_model_state(rig):
         assert key in values
     assert values["lifecycle state"] == "active" and values["hardware_id"] == "cpu"
     assert "human3r_tiny.pth" in values["model"]
+    assert values["precision"].startswith("float32 (requested float32")
 
     for _ in range(3):  # the window may close before the frame is counted: look at the next one
         rig.send_frame(1)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from h3r_ros.engine.body_model import SMPLX_FILE, BodyModel
-from h3r_ros.engine.engine import EngineConfig, Human3REngine
+from h3r_ros.engine.engine import DTYPES, EngineConfig, Human3REngine
+from h3r_ros.engine.precision import Precision, resolve_precision
 from h3r_ros.model.checkpoint import load_human3r
 from h3r_ros.model.config import Human3RConfig
 from h3r_ros.model.human3r import Human3R
@@ -28,7 +29,6 @@ ROS_FROM_OPTICAL = (
     (0.0, 0.0, 0.0, 1.0),
 )
 _PREFERRED_CHECKPOINTS = ("human3r_896L", "human3r")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class LoadError(RuntimeError):
@@ -40,6 +40,7 @@ class LoadedEngine:
     engine: Human3REngine
     faces: np.ndarray | None  # (F, 3) SMPL-X triangles, for mesh markers; None without a body model
     device: torch.device
+    precision: Precision  # the dtype it runs in, and why
     description: str  # what was loaded, for logs and diagnostics
     warning: str = ""  # what is missing (SMPL-X), for the configure log
 
@@ -108,8 +109,8 @@ def _checkpoint_path(settings) -> Path | None:
     return path
 
 
-def _load_model(path: Path | None, settings, device: torch.device):
-    dtype = _DTYPES[settings.dtype]
+def _load_model(path: Path | None, settings, device: torch.device, dtype_name: str):
+    dtype = DTYPES[dtype_name]
     variant = settings.variant or None
     if path is None:
         cfg = Human3RConfig.variant(variant or "896L")
@@ -153,6 +154,7 @@ def load_engine(settings) -> LoadedEngine:
     """Build the engine described by a parameters.Settings; raises LoadError."""
     device = resolve_device(settings.device)
     try:
+        precision = resolve_precision(settings.dtype, device)
         config = EngineConfig(
             size=settings.input_size,
             ttt3r=settings.ttt3r,
@@ -161,15 +163,16 @@ def load_engine(settings) -> LoadedEngine:
             det_threshold=settings.detection_threshold,
             match_threshold=settings.track_match_threshold,
             device=str(device),
-            dtype=settings.dtype,
+            dtype=precision.dtype,
             world_from_model=ROS_FROM_OPTICAL,
         )
     except ValueError as exc:
         raise LoadError(str(exc)) from exc
     checkpoint = _checkpoint_path(settings)  # cheap checks first: fail fast
     body_model, warning = _load_body_model(settings, device)
-    model, source = _load_model(checkpoint, settings, device)
+    model, source = _load_model(checkpoint, settings, device, precision.dtype)
     engine = Human3REngine(model, config, body_model)
     faces = None if body_model is None else body_model.faces.detach().cpu().numpy().astype(np.int64)
     bodies = "no SMPL-X: people without bodies" if body_model is None else "SMPL-X bodies"
-    return LoadedEngine(engine, faces, device, f"{source} on {device} ({settings.dtype}), {bodies}", warning)
+    return LoadedEngine(engine, faces, device, precision, f"{source} on {device} ({precision.dtype}), {bodies}",
+                        warning)

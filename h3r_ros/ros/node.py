@@ -257,6 +257,7 @@ class Human3RNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._settings = settings
         self.get_logger().info(f"loaded Human3R: {self._loaded.description}")
+        self.get_logger().info(f"precision {self._loaded.precision.dtype}: {self._loaded.precision.reason}")
         if self._loaded.warning:
             self.get_logger().warning(self._loaded.warning)
 
@@ -477,6 +478,7 @@ class Human3RNode(LifecycleNode):
             **{key: str(value) for key, value in self.bounded_sizes().items()},
             "enabled": str(self._enabled).lower(),
             "model": loaded.description if loaded is not None else "not loaded",
+            "precision": f"{loaded.precision.dtype} ({loaded.precision.reason})" if loaded is not None else "n/a",
             "estimated focal (px, model input)": f"{self._focal['estimated']:.1f}",
             "camera_info focal (px, model input)": f"{self._focal['camera_info']:.1f}",
         }

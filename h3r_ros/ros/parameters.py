@@ -17,10 +17,10 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
+from h3r_ros.engine.precision import DTYPE_CHOICES
 from h3r_ros.ros.image_decoding import DEFAULT_MAX_PIXELS
 
 TF_MODES = ("world_to_camera", "camera_to_world", "none")
-DTYPES = ("float32", "bfloat16")
 IMAGE_QOS = ("sensor_data", "reliable")
 VARIANTS = ("", "672S", "672B", "672L", "896L")
 INPUT_SIZE_STEP = 16  # the model's patch size
@@ -37,7 +37,7 @@ class Settings:
     allow_random_weights: bool = False
     smplx_dir: str = ""
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     input_size: int = 512
     reset_interval: int = 100
     ttt3r: bool = True
@@ -96,7 +96,9 @@ _SPECS: dict[str, _Spec] = {
     "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/. "
                        "Without the file: people without bodies (Human.has_body false)."),
     "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
-    "dtype": _Spec("Inference precision.", choices=DTYPES),
+    "dtype": _Spec("Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
+                   "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
+                   "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES),
     "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
                         "models were trained at 512).", min_value=64, max_value=2048),
     "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "
