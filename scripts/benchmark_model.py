@@ -1,29 +1,39 @@
 #!/usr/bin/env python3
-"""CPU/GPU timing of Human3R.step with random weights at a released architecture.
+"""CPU/GPU timing of Human3R.step with random weights at the released architectures.
 
-Prints per-stage wall times per frame and the peak resident memory of the process. Weights
+Prints the machine's bfloat16 capability and its own large-matmul rate, then for each
+variant, dtype and compile setting: per-stage times, s/frame (median, min, max over the
+timed frames after a warm-up), FLOP per frame (torch's FlopCounterMode on an eager warm-up
+frame), the achieved FLOP/s against the matmul rate, and the peak RSS of the process. Weights
 are random (initialised in place, no checkpoint needed); detections are forced to a fixed
-number of well-separated heads so the per-human work is representative. Each dtype runs in
-its own process so that the peak RSS is not polluted by the other run.
+number of well-separated heads so the per-human work is representative. Each configuration
+runs in its own process so that each peak RSS is its own.
 
-    python scripts/benchmark_model.py --dtype both --frames 3
+    python scripts/benchmark_model.py                          # 672S and 896L, every native dtype
+    python scripts/benchmark_model.py --variant 896L --dtype float32 --compile both --frames 3
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
+import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from h3r_ros.model import Human3R, Human3RConfig  # noqa: E402
+from bench_models import force_detections, matmul_rate, peak_rss_gib, random_model  # noqa: E402
+
+from h3r_ros.engine.precision import bf16_capability  # noqa: E402
+from h3r_ros.model import Human3RConfig  # noqa: E402
 
 # stage name -> (owner attribute path, method name); timed by wrapping the bound methods
 STAGES = {
@@ -40,39 +50,7 @@ STAGES = {
 }
 
 
-def random_model(cfg: Human3RConfig, dtype: torch.dtype, device: str) -> Human3R:
-    """Allocate directly in ``dtype`` (no float32 copy) and fill with small random values."""
-    with torch.device("meta"):
-        model = Human3R(cfg)
-    model = model.to(dtype).to_empty(device=device).eval()
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and name.endswith("weight"):  # LayerNorm scales
-                p.fill_(1.0)
-            elif p.dim() == 1:
-                p.zero_()
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        for b in model.buffers():
-            b.zero_()
-    return model
-
-
-def force_detections(model: Human3R, n: int) -> None:
-    """Make the detector fire on n separated cells in the middle rows of the token grid."""
-    r = model.cfg.bb_token_res
-    cells = [(r // 2) * r + (c + 1) * r // (n + 1) for c in range(n)]
-
-    def hook(_module, _inputs, logits):
-        forced = torch.full_like(logits, -10.0)
-        forced[:, cells] = 10.0
-        return forced
-
-    model.downstream_head.mlp_classif.register_forward_hook(hook)
-
-
-def instrument(model: Human3R, device: str):
+def instrument(model, device: str):
     times = defaultdict(float)
 
     def wrap(name, fn):
@@ -94,56 +72,66 @@ def instrument(model: Human3R, device: str):
     return times
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
-
-
-def run(args) -> None:
+def run(args, results) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+    tag = f"[{args.variant} {args.dtype}{' compiled' if args.compiled else ''}]"
     dtype = getattr(torch, args.dtype)
     cfg = Human3RConfig.variant(args.variant)
     start = time.perf_counter()
     model = random_model(cfg, dtype, args.device)
-    print(f"[{args.dtype}] {args.variant}: built and initialised in {time.perf_counter() - start:.1f} s, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} G params, "
-          f"peak RSS {peak_rss_gib():.2f} GiB, {torch.get_num_threads()} threads", flush=True)
+    print(f"{tag} built in {time.perf_counter() - start:.1f} s, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} G params, {torch.get_num_threads()} threads",
+          flush=True)
     force_detections(model, args.humans)
+    if args.compiled:
+        model.compile_fixed_shape_stages()
     times = instrument(model, args.device)
 
     gen = torch.Generator().manual_seed(1)
-    img = (torch.rand(1, 3, args.height, args.width, generator=gen) * 2 - 1).to(args.device)
+    img = (torch.rand(1, 3, args.height, args.width, generator=gen) * 2 - 1).to(args.device, dtype)
     res = cfg.mhmr_img_res
-    img_mhmr = (torch.rand(1, 3, res, res, generator=gen) * 2 - 1).to(args.device)
+    img_mhmr = (torch.rand(1, 3, res, res, generator=gen) * 2 - 1).to(args.device, dtype)
     state, mem = model.initial_state()
     extra = frozenset(args.extra)
-    totals = []
-    for frame in range(args.frames):
+    totals, flop = [], None
+    for frame in range(args.warmup + args.frames):
         times.clear()
+        counter = FlopCounterMode(display=False) if frame == 0 and not args.compiled else None
         if args.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
+        if counter is not None:
+            with counter:
+                out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
+            flop = counter.get_total_flops()
+        else:
+            out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
         if args.device == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - start
-        totals.append(total)
+        if frame >= args.warmup:
+            totals.append(total)
         gate = out["ttt3r_gate"][..., None].to(dtype) if args.ttt3r and frame > 0 else 1.0
         state = gate * out["state_new"] + (1 - gate) * state
         mem = out["mem_new"]
         stages = "  ".join(f"{k} {v:.2f}" for k, v in times.items())
-        print(f"[{args.dtype}] frame {frame}: {total:.2f} s (n={out['smpl_loc'].shape[1]})  {stages}  "
-              f"other {total - sum(times.values()):.2f}; peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    steady = totals[1:] or totals
-    print(f"[{args.dtype}] mean {sum(steady) / len(steady):.2f} s/frame over frames {1 if len(totals) > 1 else 0}.."
-          f"{len(totals) - 1}; peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+        kind = "warm-up" if frame < args.warmup else "frame"
+        print(f"{tag} {kind} {frame}: {total:.2f} s (n={out['smpl_loc'].shape[1]})  {stages}  "
+              f"other {total - sum(times.values()):.2f}", flush=True)
+    results.put(dict(variant=args.variant, dtype=args.dtype, compiled=args.compiled, flop=flop,
+                     median=statistics.median(totals), min=min(totals), max=max(totals), rss=peak_rss_gib()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both")
-    parser.add_argument("--variant", default="896L", help="released architecture: 672S, 672B, 672L, 896L")
-    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--variant", nargs="+", default=["672S", "896L"], help="672S, 672B, 672L, 896L")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16"),
+                        help="default: float32, plus bfloat16 where the hardware computes it natively")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="torch.compile the fixed-shape stages (compiled during the warm-up)")
+    parser.add_argument("--frames", type=int, default=3, help="timed frames after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=288)
     parser.add_argument("--humans", type=int, default=2, help="forced number of detections")
@@ -152,15 +140,44 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
-    for dtype in dtypes:
-        # a fresh process per dtype so that each peak RSS is its own
-        child_args = argparse.Namespace(**{**vars(args), "dtype": dtype})
-        child = multiprocessing.get_context("spawn").Process(target=run, args=(child_args,))
-        child.start()
-        child.join()
-        if child.exitcode:
-            sys.exit(child.exitcode)
+    if args.frames < 1:
+        parser.error("--frames must be >= 1")
+    native, capability = bf16_capability(args.device)
+    dtypes = args.dtype or (["float32", "bfloat16"] if native else ["float32"])
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rates = {name: matmul_rate(getattr(torch, name), args.device) for name in dtypes}
+    print(f"machine: {capability}; {torch.get_num_threads()} threads; 4096^3 matmul "
+          + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()), flush=True)
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    rows = []
+    for variant in args.variant:
+        for dtype in dtypes:
+            for compiled in compiles:
+                child_args = argparse.Namespace(**{**vars(args), "variant": variant, "dtype": dtype,
+                                                   "compiled": compiled})
+                child = context.Process(target=run, args=(child_args, results))
+                child.start()
+                child.join()
+                if child.exitcode:
+                    sys.exit(child.exitcode)
+                rows.append(results.get())
+
+    flops = {row["variant"]: row["flop"] for row in rows if row["flop"]}
+    print(f"\n{capability}")
+    print(f"{'variant':<8} {'dtype':<9} {'compile':<8} {'s/frame med':>11} {'min':>7} {'max':>7} "
+          f"{'TFLOP/frame':>11} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS GiB':>12}")
+    for row in rows:
+        flop = flops.get(row["variant"])
+        rate = flop / row["median"] if flop else float("nan")
+        print(f"{row['variant']:<8} {row['dtype']:<9} {'on' if row['compiled'] else 'off':<8} {row['median']:>11.2f} "
+              f"{row['min']:>7.2f} {row['max']:>7.2f} {(flop or float('nan')) / 1e12:>11.3f} {rate / 1e9:>8.0f} "
+              f"{rate / rates[row['dtype']]:>9.0%} {row['rss']:>12.2f}")
+    print(f"({args.width}x{args.height}, {args.humans} forced detections, {args.warmup} warm-up + {args.frames} "
+          f"timed frames; 'of matmul' = achieved FLOP/s / the 4096^3 matmul rate in the same dtype)")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def instrument(node, stages: Stages) -> None:
     """Time what Human3RNode._publish calls: conversions, map, markers, publishers."""
     from h3r_ros.ros import conversions
 
-    for name in ("camera_transform", "humans_msg", "select_cloud_points", "cloud_msg", "path_pose", "path_msg",
+    for name in ("camera_transform", "humans_msg", "cloud_msg", "path_pose", "path_msg",
                  "depth_msg", "camera_info_msg"):
         setattr(conversions, name, stages.wrap(f"build {name}", getattr(conversions, name)))
     node._markers.update = stages.wrap("build markers", node._markers.update)
@@ -175,13 +175,16 @@ def main() -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
+    from h3r_ros.engine.point_selection import select_on_device, selected_on_host
+    from h3r_ros.engine.precision import Precision
     from h3r_ros.ros import node as node_module
     from h3r_ros.ros.engine_loader import LoadedEngine
     from h3r_ros.ros.image_decoding import check_image, decode_image
 
     # Publishing needs no model (the faces are only used for meshes, off by default).
     node_module.load_engine = lambda settings: LoadedEngine(
-        engine=None, faces=np.zeros((0, 3), np.int64), device=torch.device("cpu"), description="benchmark: no model"
+        engine=None, faces=np.zeros((0, 3), np.int64), device=torch.device("cpu"),
+        precision=Precision("float32", "benchmark"), description="benchmark: no model"
     )
     subscriber = subprocess.Popen([sys.executable, __file__, "--subscriber"])
 
@@ -219,8 +222,18 @@ def main() -> int:
                 stages.frame[f"decode Image {encoding}"] += time.perf_counter() - start
             header = Header(stamp=node.get_clock().now().to_msg(), frame_id="camera_optical")
             settings = node._settings
+            wanted = node._wanted(settings)
+            # What the engine does at the end of a step (on the CPU here): choose the cloud points.
             start = time.perf_counter()
-            node._publish(result, header, settings, node._wanted(settings))
+            mask = torch.from_numpy(result.human_mask)
+            for selection in wanted.engine_flags(settings)["point_selections"]:
+                chosen = select_on_device(selection, torch.from_numpy(result.points_world),
+                                          torch.from_numpy(result.conf), mask)
+                host = {f"{selection.name}/{k}": v.numpy() for k, v in chosen.items()}
+                result.selections[selection.name] = selected_on_host(host, f"{selection.name}/")
+            stages.frame["engine point selection (CPU)"] = time.perf_counter() - start
+            start = time.perf_counter()
+            node._publish(result, header, settings, wanted)
             stages.frame["TOTAL publish path"] = time.perf_counter() - start
             stages.end_frame(record=i >= args.warmup)
         cloud_points = int(np.sum(results[-1].conf[::2, ::2] > node._settings.cloud_conf_threshold))

@@ -355,3 +355,18 @@ class RosHarness:
         rclpy.shutdown(context=self.context)
         self._thread.join(timeout=5.0)
         self.executor.shutdown()
+
+
+def reference_selection(points, conf, rgb, conf_threshold, stride, max_points=None, exclude=None):
+    """Cloud points as the node documents them, by plain iteration: every stride-th pixel with
+    conf above the threshold, finite xyz and not excluded, evenly subsampled to max_points."""
+    kept = [
+        (r, c)
+        for r in range(0, conf.shape[0], stride)
+        for c in range(0, conf.shape[1], stride)
+        if conf[r, c] > conf_threshold and np.isfinite(points[r, c]).all() and not (exclude is not None and exclude[r, c])
+    ]
+    if max_points is not None and len(kept) > max_points:
+        kept = [kept[int(i)] for i in np.linspace(0, len(kept) - 1, max_points)]
+    pts = np.array([points[r, c] for r, c in kept], np.float32).reshape(-1, 3)
+    return pts, np.array([rgb[r, c] for r, c in kept], np.uint8).reshape(-1, 3)

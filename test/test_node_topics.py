@@ -20,6 +20,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from ros_helpers import (
+    reference_selection,
     RosHarness,
     decode_cloud,
     image_msg,
@@ -223,7 +224,7 @@ def test_outputs_match_a_second_engine_on_the_same_frames(rig):
         assert cloud.header.frame_id == "world" and cloud.is_dense
         xyz, rgb, _ = decode_cloud(cloud)
         p = rig.params
-        points, colors = conversions.select_cloud_points(
+        points, colors = reference_selection(
             expected.points_world, expected.conf, expected.rgb, p["cloud_conf_threshold"], 2, max_points=50000)
         assert 0 < xyz.shape[0] < expected.conf[::2, ::2].size and xyz.shape == points.shape
         np.testing.assert_allclose(xyz, points, **TOL)

@@ -202,23 +202,6 @@ def test_cloud_layout_packing_and_density():
     assert not conversions.cloud_msg(points, colors, Header()).is_dense
 
 
-def test_cloud_selection_threshold_stride_mask_and_cap():
-    h, w = 8, 10
-    points = RNG.normal(size=(h, w, 3)).astype(np.float32)
-    points[0, 2] = np.nan
-    conf = np.full((h, w), 3.0, np.float32)
-    conf[2, 4] = 1.5
-    rgb = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    exclude = np.zeros((h, w), bool)
-    exclude[4, 6] = True
-    pts, cols = conversions.select_cloud_points(points, conf, rgb, 2.0, 2, exclude=exclude)
-    kept = [(r, c) for r in range(0, h, 2) for c in range(0, w, 2) if (r, c) not in {(0, 2), (2, 4), (4, 6)}]
-    np.testing.assert_array_equal(pts, np.array([points[r, c] for r, c in kept]))
-    np.testing.assert_array_equal(cols, np.array([rgb[r, c] for r, c in kept]))
-    capped, _ = conversions.select_cloud_points(points, conf, rgb, 2.0, 1, max_points=7)
-    assert capped.shape == (7, 3) and np.isfinite(capped).all()
-
-
 def test_depth_and_camera_info():
     points = RNG.normal(size=(4, 6, 3)).astype(np.float32)
     depth = conversions.depth_msg(points, Header(frame_id="cam"))

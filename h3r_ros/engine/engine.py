@@ -19,6 +19,7 @@ import torch
 
 from ..model.human3r import EXTRA_OUTPUTS
 from .body_model import BodyModel, human3r_to_smplx_pose
+from .point_selection import PointSelection, select_on_device, selected_on_host
 from .geometry import PoseChain, estimate_focal, intrinsics, pose_encoding_to_c2w, principal_point, transform_points
 from .preprocess import pad_image, resize_and_crop, to_model_input, unpad_image, unpad_uv
 from .result import FrameResult, Person
@@ -49,6 +50,9 @@ class EngineConfig:
     # (0.3 and 0.2 in the released models).
     det_threshold: float | None = None
     match_threshold: float | None = None
+    # Cloud points chosen on the device (FrameResult.selections), so that only they travel
+    # to the host; independent of with_points.
+    point_selections: tuple[PointSelection, ...] = ()
     # Model outputs the demo does not use, returned in FrameResult.extras:
     # 'pts3d_in_other_view' (directly regressed world points, engine world frame),
     # 'conf' (their confidence), 'rgb' (reconstructed input colours in [-1, 1]).
@@ -59,6 +63,12 @@ class EngineConfig:
     # Synchronise the device at stage boundaries so FrameResult.timings are per stage; without
     # it, queued GPU work is charged to whichever stage waits for it first.
     sync_timings: bool = False
+    # TF32 matmuls and convolutions on CUDA, as the official code runs (set process-wide when
+    # the engine is built); False for strict float32.
+    tf32: bool = True
+    # torch.compile the model's fixed-shape stages (Human3R.compile_fixed_shape_stages) when
+    # the engine is built; they are compiled on the first frame and on each new input size.
+    compile: bool = False
 
     def __post_init__(self):
         if self.size <= 0 or self.size % 16:
@@ -77,6 +87,10 @@ class EngineConfig:
         if unknown:
             raise ValueError(f"unknown extra outputs {sorted(unknown)}; choose from {sorted(EXTRA_OUTPUTS)}")
         object.__setattr__(self, "extra_outputs", frozenset(self.extra_outputs))
+        object.__setattr__(self, "point_selections", tuple(self.point_selections))
+        names = [selection.name for selection in self.point_selections]
+        if len(set(names)) != len(names):
+            raise ValueError(f"point selection names must be unique, got {names}")
         w = np.asarray(self.world_from_model, dtype=np.float64)
         rot = w[:3, :3] if w.shape == (4, 4) else None
         if (
@@ -124,12 +138,17 @@ class Human3REngine:
     ):
         self.device = torch.empty(0, device=config.device).device  # "cuda" -> "cuda:0"
         self.dtype = DTYPES[config.dtype]
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.tf32
+            torch.backends.cudnn.allow_tf32 = config.tf32
         cfg = model.cfg
         self._has_mask_head = getattr(cfg, "msk_head", True)
         self._model_match_threshold = cfg.match_threshold
         self._tracker = Tracker(cfg.match_threshold, cfg.sinkhorn_iters, cfg.sinkhorn_alpha)
         self.config = config
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if config.compile:
+            self.model.compile_fixed_shape_stages()
         self.body_model = body_model
         if body_model is not None and body_model.device != self.device:
             raise ValueError(f"body model is on {body_model.device}, the engine on {self.device}")
@@ -144,15 +163,16 @@ class Human3REngine:
     @property
     def config(self) -> EngineConfig:
         """Output flags, thresholds, TTT3R, the reset interval and the world frame may change
-        between steps (assign a new config); device and dtype are fixed when the engine is built."""
+        between steps (assign a new config); device, dtype and compile are fixed when the engine is built."""
         return self._config
 
     @config.setter
     def config(self, config: EngineConfig) -> None:
-        if torch.empty(0, device=config.device).device != self.device or DTYPES[config.dtype] != self.dtype:
-            raise ValueError("device and dtype cannot change after the engine is built")
-        if config.with_human_mask and not self._has_mask_head:
-            raise ValueError("with_human_mask needs a model with the mask head (msk_head=True)")
+        if (torch.empty(0, device=config.device).device != self.device or DTYPES[config.dtype] != self.dtype
+                or config.compile != getattr(self, "_config", config).compile):
+            raise ValueError("device, dtype and compile cannot change after the engine is built")
+        if (config.with_human_mask or any(s.exclude_humans for s in config.point_selections)) and not self._has_mask_head:
+            raise ValueError("with_human_mask and human exclusion need a model with the mask head (msk_head=True)")
         self._config = config
         self._world_from_model = torch.tensor(config.world_from_model, dtype=torch.float32, device=self.device)
         self._tracker.match_threshold = (
@@ -224,6 +244,7 @@ class Human3REngine:
             human_mask=host.get("human_mask"),
             people=self._people(host, ids),
             extras={name: host["extra/" + name] for name in cfg.extra_outputs},
+            selections={s.name: selected_on_host(host, f"select/{s.name}/") for s in cfg.point_selections},
         )
         self._frame_index += 1
         self._frames_in_world += 1
@@ -272,12 +293,20 @@ class Human3REngine:
         pp = principal_point(*input_hw)
         t = {"cam_to_world": world_from_cam, "K": intrinsics(estimate_focal(pts_cam, pp), pp)}
 
+        if cfg.with_points or cfg.point_selections:
+            pts_world = transform_points(world_from_cam, pts_cam)
+        human_mask = None
+        if cfg.with_human_mask or any(s.exclude_humans for s in cfg.point_selections):
+            human_mask = unpad_image(out["msk"].permute(0, 3, 1, 2), input_hw)[0, 0]
         if cfg.with_points:
             t["points_cam"] = pts_cam
-            t["points_world"] = transform_points(world_from_cam, pts_cam)
+            t["points_world"] = pts_world
             t["conf"] = out["conf_self"][0]
         if cfg.with_human_mask:
-            t["human_mask"] = unpad_image(out["msk"].permute(0, 3, 1, 2), input_hw)[0, 0]
+            t["human_mask"] = human_mask
+        for selection in cfg.point_selections:
+            chosen = select_on_device(selection, pts_world, out["conf_self"][0], human_mask)
+            t.update({f"select/{selection.name}/{key}": value for key, value in chosen.items()})
         for name in cfg.extra_outputs:
             t["extra/" + name] = out[name][0]
             if name == "pts3d_in_other_view":
@@ -335,8 +364,17 @@ class Human3REngine:
 
 
 def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """One device -> host copy for all of a frame's outputs (packed as one float32 buffer)."""
-    buffer = torch.cat([t.reshape(-1).float() for t in tensors.values()]).cpu().numpy()
+    """One device -> host copy for all of a frame's outputs (packed as one float32 buffer);
+    from CUDA a non-blocking copy into pinned memory, then the step's one synchronisation."""
+    packed = torch.cat([t.reshape(-1).float() for t in tensors.values()])
+    if packed.device.type == "cuda":
+        # The caching host allocator recycles the pinned block once its numpy views are gone.
+        pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        pinned.copy_(packed, non_blocking=True)
+        torch.cuda.current_stream(packed.device).synchronize()
+        buffer = pinned.numpy()
+    else:
+        buffer = packed.numpy()
     host, offset = {}, 0
     for name, tensor in tensors.items():
         host[name] = buffer[offset : offset + tensor.numel()].reshape(tensor.shape)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .point_selection import SelectedPoints
+
 
 @dataclass
 class Person:
@@ -55,3 +57,5 @@ class FrameResult:
     # Optional model outputs named in EngineConfig.extra_outputs: 'pts3d_in_other_view'
     # (H, W, 3) world frame, 'conf' (H, W), 'rgb' (H, W, 3) in [-1, 1].
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    # Cloud points chosen on the device, by EngineConfig.point_selections name.
+    selections: dict[str, SelectedPoints] = field(default_factory=dict)

@@ -265,6 +265,14 @@ class Human3R(nn.Module):
     def _update_memory(self, mem: torch.Tensor, feat_mean: torch.Tensor, pose_token: torch.Tensor) -> torch.Tensor:
         return self.pose_retriever.update(mem.to(self.dtype), feat_mean, pose_token)
 
+    def compile_fixed_shape_stages(self, **options) -> None:
+        """``torch.compile`` the stages whose shapes only depend on the input size: the CroCo
+        encoder, the DINOv2 backbone and the dense heads (most of a step's work). The decoder
+        is left eager: its token count follows the number of detected people. Each stage is
+        compiled on its first call and again for a new input size; state-dict names are kept."""
+        for name in ("_encode", "_backbone_tokens", "_dense_heads"):
+            setattr(self, name, torch.compile(getattr(self, name), dynamic=False, **options))
+
     # ------------------------------------------------------------------ step
 
     @torch.inference_mode()

@@ -161,22 +161,6 @@ def humans_msg(result, header: Header, camera_frame: str, with_vertices: bool) -
     )
 
 
-def select_cloud_points(points, conf, rgb, conf_threshold: float, stride: int, max_points: int | None = None,
-                        exclude=None):
-    """Pixels kept for a cloud: every ``stride``-th pixel with conf > threshold, finite xyz and
-    not ``exclude`` (optional (H, W) bool), evenly subsampled to at most ``max_points``.
-    Returns (N, 3) float32 xyz and (N, 3) uint8 rgb, in row-major pixel order.
-    """
-    pts = points[::stride, ::stride].reshape(-1, 3)
-    keep = (conf[::stride, ::stride].reshape(-1) > conf_threshold) & np.isfinite(pts).all(axis=1)
-    if exclude is not None:
-        keep &= ~exclude[::stride, ::stride].reshape(-1)
-    index = np.flatnonzero(keep)
-    if max_points is not None and index.size > max_points:
-        index = index[np.linspace(0, index.size - 1, max_points).astype(np.int64)]
-    return pts[index].astype(np.float32, copy=False), rgb[::stride, ::stride].reshape(-1, 3)[index]
-
-
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
     """(N, 3) uint8 -> (N,) uint32 r << 16 | g << 8 | b."""
     c = colors.astype(np.uint32)

@@ -164,6 +164,7 @@ def load_engine(settings) -> LoadedEngine:
             match_threshold=settings.track_match_threshold,
             device=str(device),
             dtype=precision.dtype,
+            compile=settings.compile,
             world_from_model=ROS_FROM_OPTICAL,
         )
     except ValueError as exc:

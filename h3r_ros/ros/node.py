@@ -52,6 +52,7 @@ from visualization_msgs.msg import MarkerArray
 
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, parameters
+from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.preprocess import crop_geometry
 from h3r_ros.ros.diagnostics import BAD, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine
@@ -114,11 +115,20 @@ class _Wanted:
     depth: bool
     camera_info: bool
 
-    def engine_flags(self, settings) -> dict[str, bool]:
+    def engine_flags(self, settings) -> dict[str, object]:
+        """Engine settings for this frame: the cloud and map points are chosen on the device,
+        full point maps only travel to the host for depth."""
+        common = dict(conf_threshold=settings.cloud_conf_threshold, stride=settings.cloud_stride)
+        selections = []
+        if self.cloud:
+            selections.append(PointSelection("cloud", max_points=settings.cloud_max_points, **common))
+        if settings.publish_map:
+            selections.append(PointSelection("map", exclude_humans=settings.map_exclude_humans,
+                                             mask_threshold=HUMAN_MASK_THRESHOLD, **common))
         return {
-            "with_points": self.cloud or self.depth or settings.publish_map,
+            "with_points": self.depth,
             "with_vertices": (self.humans and settings.publish_vertices) or self.mesh,
-            "with_human_mask": settings.publish_map and settings.map_exclude_humans,
+            "point_selections": tuple(selections),
         }
 
 
@@ -625,23 +635,13 @@ class Human3RNode(LifecycleNode):
         return min(max(MARKER_LIFETIME_PERIODS * period, low), high)
 
     def _publish_points(self, result, world: Header, settings, wanted: _Wanted) -> None:
-        if result.points_world is None:
+        if wanted.cloud and "cloud" in result.selections:
+            chosen = result.selections["cloud"]
+            self._outputs.cloud.publish(conversions.cloud_msg(chosen.points, chosen.colors(result.rgb), world))
+        if not settings.publish_map or "map" not in result.selections:
             return
-        select = dict(conf_threshold=settings.cloud_conf_threshold, stride=settings.cloud_stride)
-        if wanted.cloud:
-            points, colors = conversions.select_cloud_points(
-                result.points_world, result.conf, result.rgb, max_points=settings.cloud_max_points, **select
-            )
-            self._outputs.cloud.publish(conversions.cloud_msg(points, colors, world))
-        if not settings.publish_map:
-            return
-        exclude = None
-        if settings.map_exclude_humans and result.human_mask is not None:
-            exclude = result.human_mask > HUMAN_MASK_THRESHOLD
-        points, colors = conversions.select_cloud_points(
-            result.points_world, result.conf, result.rgb, exclude=exclude, **select
-        )
-        self._map.add(points, colors)
+        chosen = result.selections["map"]
+        self._map.add(chosen.points, chosen.colors(result.rgb))
         now = time.monotonic()
         # Published whenever it changed, subscribers or not: transient local keeps it for late joiners.
         if now - self._last_map_publish >= settings.map_publish_period and self._map.merge():

@@ -38,6 +38,7 @@ class Settings:
     smplx_dir: str = ""
     device: str = "auto"
     dtype: str = "auto"
+    compile: bool = False
     input_size: int = 512
     reset_interval: int = 100
     ttt3r: bool = True
@@ -99,6 +100,9 @@ _SPECS: dict[str, _Spec] = {
     "dtype": _Spec("Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
                    "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
                    "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES),
+    "compile": _Spec("torch.compile the model's fixed-shape stages (encoder, DINOv2, dense heads); "
+                     "they compile on the first frame (tens of seconds to minutes) and on a new "
+                     "image size."),
     "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
                         "models were trained at 512).", min_value=64, max_value=2048),
     "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "

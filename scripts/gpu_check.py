@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""GPU check of the engine (no ROS): parity, bf16 deviation and speed, as one table.
+
+For a GPU machine without network: it runs on that machine's own Python and CUDA PyTorch;
+the few pure-Python packages it needs and two reference fixtures come from an assets folder
+made beforehand by ``scripts/gpu_wheels.sh``.
+
+    bash scripts/gpu_wheels.sh build/gpu_check               # where the network is
+    python3 scripts/gpu_check.py --assets build/gpu_check    # on the GPU machine
+
+Rows:
+- parity: the engine in float32 (TF32 off) on the device vs the official code's recorded
+  outputs, with the CPU parity tests' tolerances (|a - b| <= 1e-4 + 1e-4 |b|; detections and
+  track ids exact);
+- bf16: bfloat16 vs float32 on the same fixture frames (camera rotation, centre / scene
+  distance, p99 point error / distance, focal);
+- speed: 672S and 896L with random weights and 2-3 forced detections, float32 (TF32, as the
+  official code runs) and bfloat16, eager and compiled: FPS of the whole engine step (RGB
+  uint8 frame in -> host results out), median and p90 over the timed frames, and the peak
+  device memory.
+Without a CUDA device (and no --device given) it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOSE = dict(rtol=1e-4, atol=1e-4)
+RAW_KEYS = ("pts3d_in_self_view", "conf_self", "camera_pose", "smpl_rotmat", "smpl_shape", "smpl_expression",
+            "smpl_transl", "smpl_loc")
+
+
+def unpack_wheels(assets: Path) -> None:
+    """Make the assets' wheels importable: unzip each once into assets/site (a wheel is a zip
+    whose root is site-packages). Appended to the path: installed packages win."""
+    site = assets / "site"
+    for wheel in sorted((assets / "wheels").glob("*.whl")):
+        marker = site / f".{wheel.name}.done"
+        if not marker.exists():
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
+            marker.touch()
+    sys.path.append(str(site))
+
+
+def worst_ratio(actual, expected) -> float:
+    """max |a - b| / (atol + rtol |b|): <= 1 passes the tolerance."""
+    import torch
+
+    actual = torch.as_tensor(actual, dtype=torch.float32).cpu()
+    expected = torch.as_tensor(expected, dtype=torch.float32).cpu()
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.numel() == 0:
+        return 0.0
+    return float(((actual - expected).abs() / (CLOSE["atol"] + CLOSE["rtol"] * expected.abs())).max())
+
+
+def fixture_model(fx, dtype=None):
+    import dataclasses
+
+    from h3r_ros.model import Human3R, Human3RConfig
+    from h3r_ros.model.model_string import parse_model_string
+
+    cfg = Human3RConfig.from_kwargs(parse_model_string(fx["model_str_yaml_form"]))
+    # Recorded on CPU, where the official encoder RoPE runs on float16 tokens.
+    model = Human3R(dataclasses.replace(cfg, encoder_rope_math="float16"))
+    model.load_state_dict({k: v.contiguous() for k, v in fx["state_dict"].items()}, strict=True)
+    return model.eval() if dtype is None else model.to(dtype).eval()
+
+
+class _Recorder:
+    """Wraps a model: keeps each view's raw outputs for comparison with the recording."""
+
+    def __init__(self, model):
+        self.inner, self.cfg, self.outputs = model, model.cfg, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def to(self, *args, **kwargs):
+        self.inner = self.inner.to(*args, **kwargs)
+        return self
+
+    def eval(self):
+        self.inner.eval()
+        return self
+
+    def step(self, *args, **kwargs):
+        out = self.inner.step(*args, **kwargs)
+        self.outputs.append({k: out[k] for k in RAW_KEYS})
+        return out
+
+
+def parity_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
+    import torch
+
+    from h3r_ros.engine.engine import EngineConfig, Human3REngine
+
+    fx = torch.load(fixture, weights_only=True, map_location="cpu")
+    recorder = _Recorder(fixture_model(fx))
+    config = EngineConfig(size=fx["config"]["demo_size"], ttt3r=fx["use_ttt3r"], reset_interval=fx["reset_interval"],
+                          device=device, tf32=False)
+    engine = Human3REngine(recorder, config)
+    frames = fx["preprocess"]["raw_frames_uint8"]
+    results = [engine.step(frames[k].numpy()) for k in range(frames.shape[0])]
+    raw = max(worst_ratio(out[key], ref[key]) for out, ref in zip(recorder.outputs, fx["outputs"]) for key in RAW_KEYS)
+    post, kept = fx["post"], fx["post"]["kept_view_indices"]
+    frame_ratio = max(
+        max(worst_ratio(r.cam_to_world, post["cam2world"][k]), worst_ratio(r.K, post["K"][k]),
+            worst_ratio(r.points_world, post["pts3d_world"][k]),
+            worst_ratio(r.conf, fx["outputs"][kept[k]]["conf_self"][0]))
+        for k, r in enumerate(results)
+    )
+    ids_exact = all(
+        [p.track_id for p in r.people] == fx["outputs"][kept[k]]["smpl_id"][0].tolist() for k, r in enumerate(results)
+    )
+    counts = all(o["smpl_rotmat"].shape[1] == ref["smpl_rotmat"].shape[1]
+                 for o, ref in zip(recorder.outputs, fx["outputs"]))
+    name = fixture.stem
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    return [
+        (f"parity {name}: raw outputs", f"worst {raw:.3f} of tolerance", verdict(raw <= 1.0)),
+        (f"parity {name}: cameras, K, world points, conf", f"worst {frame_ratio:.3f} of tolerance",
+         verdict(frame_ratio <= 1.0)),
+        (f"parity {name}: detections and track ids", "exact" if counts and ids_exact else "differ",
+         verdict(counts and ids_exact)),
+    ]
+
+
+def bf16_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
+    import numpy as np
+    import torch
+
+    from h3r_ros.engine.engine import EngineConfig, Human3REngine
+
+    fx = torch.load(fixture, weights_only=True, map_location="cpu")
+    frames = [f.numpy() for f in fx["preprocess"]["raw_frames_uint8"]]
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = Human3REngine(fixture_model(fx), EngineConfig(size=fx["config"]["demo_size"], reset_interval=0,
+                                                               device=device, dtype=dtype, tf32=False))
+        runs[dtype] = [engine.step(f) for f in frames]
+    worst = dict.fromkeys(("rotation (rad)", "centre / distance", "p99 point / distance", "focal (rel.)"), 0.0)
+    for res, ref in zip(runs["bfloat16"], runs["float32"]):
+        delta = res.cam_to_world[:3, :3] @ ref.cam_to_world[:3, :3].T
+        distance = np.linalg.norm(ref.points_cam, axis=-1)
+        values = (
+            float(np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))),
+            float(np.linalg.norm(res.cam_to_world[:3, 3] - ref.cam_to_world[:3, 3]) / np.median(distance)),
+            float(np.quantile(np.linalg.norm(res.points_cam - ref.points_cam, axis=-1) / distance, 0.99)),
+            abs(res.K[0, 0] / ref.K[0, 0] - 1),
+        )
+        for key, value in zip(worst, values):
+            worst[key] = max(worst[key], value)
+    return [(f"bf16 vs fp32 {fixture.stem}", ", ".join(f"{k} {v:.4f}" for k, v in worst.items()), "info")]
+
+
+def speed_row(variant: str, dtype: str, compiled: bool, device: str, frames: int, warmup: int, humans: int):
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_models import force_detections, random_model
+
+    from h3r_ros.engine.engine import EngineConfig, Human3REngine
+    from h3r_ros.model import Human3RConfig
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = random_model(Human3RConfig.variant(variant), getattr(torch, dtype), device)
+    force_detections(model, humans)
+    engine = Human3REngine(model, EngineConfig(device=device, dtype=dtype, compile=compiled, reset_interval=0))
+    rgb = np.random.default_rng(0).integers(0, 256, (288, 512, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        engine.step(rgb)
+    warm = time.perf_counter() - start
+    seconds = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        result = engine.step(rgb)  # ends with the host copy: the step is complete
+        seconds.append(time.perf_counter() - start)
+    fps = sorted(1.0 / s for s in seconds)
+    median, p90 = statistics.median(fps), fps[int(0.1 * (len(fps) - 1))]  # p90 of frame time = p10 of FPS
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+    del engine, model
+    return (f"speed {variant} {dtype} {'compiled' if compiled else 'eager'}",
+            f"{median:.1f} FPS median, {p90:.1f} FPS at p90 frame time, {len(result.people)} people, "
+            f"peak {memory:.1f} GiB, warm-up {warm:.0f} s", "info")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assets", type=Path, help="folder made by scripts/gpu_wheels.sh (wheels/, fixtures/)")
+    parser.add_argument("--device", help="default: cuda when available, else report and exit 0")
+    parser.add_argument("--parity", nargs="*", default=["h3r_tiny_base", "h3r_tiny_reset3_ttt3r"],
+                        help="fixtures to check parity on (the bf16 row uses the first)")
+    parser.add_argument("--variants", nargs="*", default=["672S", "896L"])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="both")
+    parser.add_argument("--frames", type=int, default=20, help="timed frames per speed row")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--humans", type=int, default=2, help="forced detections in the speed rows")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds; later speed rows are skipped past it")
+    args = parser.parse_args()
+    if args.assets is not None:
+        unpack_wheels(args.assets)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+    if device is None:
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to check")
+        return 0
+    from h3r_ros.engine.precision import bf16_capability
+
+    started = time.monotonic()
+    print(f"gpu_check: torch {torch.__version__}, device {device}: {bf16_capability(device)[1]}", flush=True)
+    fixtures_dir = args.assets / "fixtures" if args.assets is not None else ROOT.parent / "shared" / "fixtures"
+    fixtures = [fixtures_dir / f"{name}.pt" for name in args.parity]
+    rows = []
+    for fixture in fixtures:
+        if fixture.exists():
+            rows += parity_rows(fixture, device)
+        else:
+            rows.append((f"parity {fixture.stem}", f"fixture not found at {fixture}", "SKIP"))
+        print(*rows[-1], sep=" | ", flush=True)
+    if fixtures and fixtures[0].exists() and "bfloat16" in args.dtypes:
+        rows += bf16_rows(fixtures[0], device)
+        print(*rows[-1], sep=" | ", flush=True)
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    for variant in args.variants:
+        for dtype in args.dtypes:
+            for compiled in compiles:
+                label = f"speed {variant} {dtype} {'compiled' if compiled else 'eager'}"
+                if time.monotonic() - started > args.budget:
+                    rows.append((label, f"skipped: past the {args.budget:.0f} s budget", "SKIP"))
+                    continue
+                try:
+                    rows.append(speed_row(variant, dtype, compiled, device, args.frames, args.warmup, args.humans))
+                except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
+                    rows.append((label, f"{type(exc).__name__}: {exc}"[:200], "FAIL"))
+                print(*rows[-1], sep=" | ", flush=True)
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'check':<{width}}  result")
+    for name, value, verdict in rows:
+        print(f"{name:<{width}}  {verdict:<4}  {value}")
+    print(f"(total {time.monotonic() - started:.0f} s)")
+    return 1 if any(verdict == "FAIL" for _, _, verdict in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
