@@ -135,10 +135,10 @@ def parity_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
 
 
 def bf16_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
-    import numpy as np
     import torch
 
     from h3r_ros.engine.engine import EngineConfig, Human3REngine
+    from h3r_ros.engine.precision import result_deviation
 
     fx = torch.load(fixture, weights_only=True, map_location="cpu")
     frames = [f.numpy() for f in fx["preprocess"]["raw_frames_uint8"]]
@@ -147,19 +147,10 @@ def bf16_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
         engine = Human3REngine(fixture_model(fx), EngineConfig(size=fx["config"]["demo_size"], reset_interval=0,
                                                                device=device, dtype=dtype, tf32=False))
         runs[dtype] = [engine.step(f) for f in frames]
-    worst = dict.fromkeys(("rotation (rad)", "centre / distance", "p99 point / distance", "focal (rel.)"), 0.0)
-    for res, ref in zip(runs["bfloat16"], runs["float32"]):
-        delta = res.cam_to_world[:3, :3] @ ref.cam_to_world[:3, :3].T
-        distance = np.linalg.norm(ref.points_cam, axis=-1)
-        values = (
-            float(np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))),
-            float(np.linalg.norm(res.cam_to_world[:3, 3] - ref.cam_to_world[:3, 3]) / np.median(distance)),
-            float(np.quantile(np.linalg.norm(res.points_cam - ref.points_cam, axis=-1) / distance, 0.99)),
-            abs(res.K[0, 0] / ref.K[0, 0] - 1),
-        )
-        for key, value in zip(worst, values):
-            worst[key] = max(worst[key], value)
-    return [(f"bf16 vs fp32 {fixture.stem}", ", ".join(f"{k} {v:.4f}" for k, v in worst.items()), "info")]
+    worst = result_deviation(runs["bfloat16"], runs["float32"])
+    text = (f"rotation {worst['rotation']:.4f} rad, centre {worst['centre']:.4f} and p99 points "
+            f"{worst['points']:.4f} of the distance, focal {worst['focal']:.4f}")
+    return [(f"bf16 vs fp32 {fixture.stem}", text, "info")]
 
 
 def speed_row(variant: str, dtype: str, compiled: bool, device: str, frames: int, warmup: int, humans: int):

@@ -295,25 +295,8 @@ def _bf16_storage_emulation(model):
     return emulated.eval()
 
 
-def _deviation(results, reference) -> dict[str, float]:
-    """Worst frame: camera rotation (rad), camera centre / scene distance, p99 point error /
-    point distance, focal (relative)."""
-    worst = dict.fromkeys(("rotation", "centre", "points", "focal"), 0.0)
-    for res, ref in zip(results, reference):
-        scale = float(np.median(np.linalg.norm(ref.points_cam, axis=-1)))
-        delta = res.cam_to_world[:3, :3] @ ref.cam_to_world[:3, :3].T
-        angle = float(np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0)))
-        centre = float(np.linalg.norm(res.cam_to_world[:3, 3] - ref.cam_to_world[:3, 3])) / scale
-        distance = np.linalg.norm(ref.points_cam, axis=-1)
-        points = float(np.quantile(np.linalg.norm(res.points_cam - ref.points_cam, axis=-1) / distance, 0.99))
-        focal = abs(res.K[0, 0] / ref.K[0, 0] - 1)
-        for key, value in zip(worst, (angle, centre, points, focal)):
-            worst[key] = max(worst[key], value)
-    return worst
-
-
 def test_bfloat16_within_its_rounding_error_model(tiny):
-    from h3r_ros.engine.precision import cpu_bf16_capability
+    from h3r_ros.engine.precision import cpu_bf16_capability, result_deviation
 
     fx, model = tiny
     frames = _frames(fx)[:3]
@@ -327,7 +310,7 @@ def test_bfloat16_within_its_rounding_error_model(tiny):
 
     native, capability = cpu_bf16_capability()
     factor = 4.0 if native else 16.0
-    response, measured = _deviation(emulated, reference), _deviation(results, reference)
+    response, measured = result_deviation(emulated, reference), result_deviation(results, reference)
     report = f"{capability}; bf16 {measured}, emulation {response}, factor {factor}"
     for key, value in measured.items():
         assert value <= factor * max(response[key], BF16_U), f"{key}: {report}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")
@@ -73,3 +74,22 @@ def resolve_precision(requested: str, device: torch.device | str) -> Precision:
         return Precision("bfloat16" if native else "float32", f"auto: {capability}")
     note = "" if native or requested == "float32" else " (slow: expect >10x float32's time)"
     return Precision(requested, f"requested {requested}{note}; {capability}")
+
+
+def result_deviation(results, reference) -> dict[str, float]:
+    """How far one run's FrameResults are from a reference run's, worst frame: camera
+    rotation (rad), camera centre / median scene distance, p99 of point error / point
+    distance, focal (relative)."""
+    worst = dict.fromkeys(("rotation", "centre", "points", "focal"), 0.0)
+    for res, ref in zip(results, reference, strict=True):
+        distance = np.linalg.norm(ref.points_cam, axis=-1)
+        delta = res.cam_to_world[:3, :3] @ ref.cam_to_world[:3, :3].T
+        values = (
+            float(np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))),
+            float(np.linalg.norm(res.cam_to_world[:3, 3] - ref.cam_to_world[:3, 3]) / np.median(distance)),
+            float(np.quantile(np.linalg.norm(res.points_cam - ref.points_cam, axis=-1) / distance, 0.99)),
+            float(abs(res.K[0, 0] / ref.K[0, 0] - 1)),
+        )
+        for key, value in zip(worst, values):
+            worst[key] = max(worst[key], value)
+    return worst
