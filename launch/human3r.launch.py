@@ -5,6 +5,9 @@
 
 Node parameters come from ``params_file``. The arguments below whose default is
 empty keep the file's value unless given; ``use_sim_time`` is always passed.
+Input topics are relative by default, so ``namespace`` moves inputs and outputs together.
+With ``compressed_input`` (argument or params file) the node reads ``<image_topic>/compressed``
+(image_transport's naming) by itself.
 """
 
 from launch import LaunchDescription
@@ -24,9 +27,9 @@ ARGUMENTS = (
     ("namespace", "", "Namespace of the node (and of RViz, so its relative topics match)."),
     ("params_file", None, "Node parameter file (default: share/h3r_ros/config/human3r.yaml)."),
     ("use_sim_time", "false", "Use /clock (set true when playing a bag with --clock)."),
-    ("image_topic", "/image_raw", "Input sensor_msgs/Image topic (remapped to 'image')."),
-    ("camera_info_topic", "/camera_info", "Input sensor_msgs/CameraInfo topic (remapped to 'camera_info')."),
-    ("compressed_input", "", "true: subscribe to <image_topic>/compressed (CompressedImage)."),
+    ("image_topic", "image", "Input sensor_msgs/Image topic (remapped to 'image'; relative names are in the namespace)."),
+    ("camera_info_topic", "camera_info", "Input sensor_msgs/CameraInfo topic (remapped to 'camera_info')."),
+    ("compressed_input", "", "true: subscribe to <image_topic>/compressed (CompressedImage) instead."),
     ("checkpoint", "", "Human3R weights (.pth/.safetensors); empty: look in models/."),
     ("smplx_dir", "", "Directory holding SMPLX_NEUTRAL.npz; empty: models/smplx."),
     ("device", "", "auto | cpu | cuda | cuda:N."),
@@ -56,11 +59,8 @@ def _launch_setup(context):
     overrides.update({name: arg[name] for name in STRING_OVERRIDES if arg[name]})
     overrides.update({name: _as_bool(name, arg[name]) for name in BOOL_OVERRIDES if arg[name]})
 
-    image_topic = arg["image_topic"]
+    image_topic = arg["image_topic"].rstrip("/") or "image"
     remappings = [("image", image_topic), ("camera_info", arg["camera_info_topic"])]
-    if overrides.get("compressed_input"):
-        # image_transport's naming: the compressed stream of /x is /x/compressed.
-        remappings.append(("image/compressed", image_topic.rstrip("/") + "/compressed"))
 
     actions = [
         LifecycleNode(

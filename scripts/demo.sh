@@ -11,6 +11,7 @@
 # node.log, params.yaml. Options: .venv/bin/python -m h3r_ros.demo --help
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/distro.sh"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec "${H3R_VENV:-$ROOT/.venv}/bin/python" -m h3r_ros.demo "$@"
+exec "$H3R_VENV/bin/python" -m h3r_ros.demo "$@"

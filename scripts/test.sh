@@ -3,10 +3,11 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k checkpoint`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/distro.sh"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 set +e
-"${H3R_VENV:-$ROOT/.venv}/bin/python" -m pytest "$@"
+"$H3R_VENV/bin/python" -m pytest "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

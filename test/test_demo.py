@@ -119,7 +119,8 @@ def test_bag_holds_every_output_with_the_input_stamps(demo_run):
     transforms = [m.transforms[0] for m in msgs["/tf"]]
     assert [_stamp(t) for t in transforms] == image_stamps
     assert {(t.header.frame_id, t.child_frame_id) for t in transforms} == {("world", "camera_optical")}
-    assert [_stamp(m) for m in msgs["/depth"]] == image_stamps
+    assert [_stamp(m) for m in msgs["/depth/image"]] == image_stamps
+    assert [_stamp(m) for m in msgs["/depth/camera_info"]] == image_stamps
     assert len(msgs["/camera_path"][-1].poses) == FRAMES
     for topic in ("/markers", "/map_cloud", "/diagnostics", "/estimated_camera_info", "/camera_info"):
         assert msgs.get(topic), f"nothing recorded on {topic}"

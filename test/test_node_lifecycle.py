@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
-from h3r_ros.msg import HumanArray
+from h3r_ros.msg import Human, HumanArray
 from h3r_ros.ros import parameters
 from h3r_ros.ros.node import Human3RNode
 
@@ -352,3 +352,105 @@ def test_configure_time_parameters_are_refused_while_configured(make_node):
     (result,) = node.set_parameters([Parameter("input_size", value=176)])
     assert result.successful
     assert node.trigger_configure() == SUCCESS and node._loaded.engine.config.size == 176
+
+
+# ------------------------------------------------------------------ inputs and REP-155
+
+
+def _configured_node(ros, cli_args: list[str]) -> Human3RNode:
+    node = ros.add_node(Human3RNode(context=ros.context, cli_args=cli_args))
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    return node
+
+
+def _finish(ros, node) -> None:
+    node.trigger_shutdown()
+    ros.remove_node(node)
+
+
+def test_inputs_move_with_the_namespace_and_compressed_follows_the_image_remap(ros, tmp_path):
+    """compressed_input set in a params file (not by launch) reads <remapped image>/compressed."""
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/human3r_node": {"ros__parameters": tiny_assets().parameters(
+        compressed_input=True)}}))
+    cases = [
+        ([], "/robot1/image/compressed"),
+        (["-r", "image:=/cam/color/image_raw"], "/cam/color/image_raw/compressed"),
+        (["-r", "image:=/cam/color/image_raw", "-r", "image/compressed:=/jpeg"], "/jpeg"),
+    ]
+    for remaps, expected in cases:
+        node = _configured_node(ros, ["--ros-args", "-r", "__ns:=/robot1", *remaps, "--params-file", str(params)])
+        try:
+            topics = {sub.topic_name for sub in node._inputs}
+            assert topics == {expected, "/robot1/camera_info"}, remaps
+            assert wait_until(lambda: ros.probe.count_subscribers(expected) == 1)
+        finally:
+            _finish(ros, node)
+
+
+def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
+    from geometry_msgs.msg import PointStamped, TwistStamped
+    from hri_msgs.msg import IdsList
+    from tf2_msgs.msg import TFMessage
+
+    params = tiny_assets().parameters(publish_hri_bodies=True, track_timeout=1e6)
+    args = ["--ros-args", "-r", "__node:=human3r_hri", *[a for k, v in params.items()
+                                                       for a in ("-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}")]]
+    node = _configured_node(ros, args)
+    humans = ros.collect(HumanArray, "humans")
+    tracked = ros.collect(IdsList, "/humans/bodies/tracked")
+    tf = ros.collect(TFMessage, "/tf", 100)
+    images = ros.probe.create_publisher(Image, "image", 1)
+    try:
+        assert wait_until(lambda: images.get_subscription_count() > 0 and humans.matched() and tracked.matched()
+                          and tf.matched(), 30.0)
+        first_stamp = ros.probe.get_clock().now().to_msg()
+        images.publish(image_msg(tiny_assets().frames[0], first_stamp))
+        first = humans.wait_stamp(first_stamp, 120.0)
+        assert first.humans, "the calibrated tiny model should detect people"
+        ids = tracked.wait_stamp(first_stamp).ids
+        assert ids == [f"b{h.track_id}" for h in first.humans]
+        body = first.humans[0]
+        position = ros.collect(PointStamped, f"/humans/bodies/b{body.track_id}/position")
+        velocity = ros.collect(TwistStamped, f"/humans/bodies/b{body.track_id}/velocity")
+        assert wait_until(lambda: position.matched() and velocity.matched(), 30.0)
+
+        stamp = ros.probe.get_clock().now().to_msg()
+        images.publish(image_msg(tiny_assets().frames[0], stamp))
+        second = {h.track_id: h for h in humans.wait_stamp(stamp, 120.0).humans}
+        assert second[body.track_id].track_state == Human.TRACK_TRACKED
+        point = position.wait_stamp(stamp)
+        pelvis = second[body.track_id].pelvis.position  # the filter's start: the second sighting itself
+        assert point.header.frame_id == "world"
+        assert (point.point.x, point.point.y, point.point.z) == pytest.approx((pelvis.x, pelvis.y, pelvis.z), abs=1e-9)
+        twist = velocity.wait_stamp(stamp).twist.linear
+        v = second[body.track_id].velocity
+        assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
+        frames = {t.child_frame_id: t for m in tf.messages for t in m.transforms
+                  if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)}
+        assert f"body_b{body.track_id}" in frames and frames[f"body_b{body.track_id}"].header.frame_id == "camera_optical"
+    finally:
+        ros.probe.destroy_publisher(images)
+        _finish(ros, node)
+
+
+def test_rep155_is_refused_clearly_without_hri_msgs(make_node, capfd, monkeypatch):
+    import importlib
+
+    from h3r_ros.ros import hri_bodies
+
+    monkeypatch.setitem(sys.modules, "hri_msgs", None)  # import hri_msgs now raises ImportError
+    monkeypatch.delitem(sys.modules, "hri_msgs.msg", raising=False)
+    importlib.reload(hri_bodies)
+    try:
+        assert hri_bodies.IdsList is None
+        node = make_node(**tiny_assets().parameters(publish_hri_bodies=True))
+        assert node.trigger_configure() == FAILURE and node.lifecycle_state == "unconfigured"
+        assert "publish_hri_bodies is true but hri_msgs (ROS4HRI) is not installed" in capfd.readouterr().err
+        plain = make_node(**tiny_assets().parameters())
+        assert plain.trigger_configure() == SUCCESS  # everything else runs without it
+    finally:
+        monkeypatch.undo()
+        importlib.reload(hri_bodies)

@@ -37,7 +37,7 @@ from std_srvs.srv import SetBool, Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
-from h3r_ros.msg import HumanArray
+from h3r_ros.msg import Human, HumanArray
 from h3r_ros.ros import conversions
 from h3r_ros.ros.engine_loader import load_engine
 from h3r_ros.ros.node import Human3RNode
@@ -53,7 +53,8 @@ class Rig:
 
     def __init__(self, **overrides):
         self.assets = tiny_assets()
-        self.params = self.assets.parameters(**overrides)
+        # Tracks outlive any pause of the shared CPU here; the track lifecycle test shortens it.
+        self.params = self.assets.parameters(**({"track_timeout": 1e6} | overrides))
         self.ros = RosHarness()
         overrides = [Parameter(k, value=v) for k, v in self.params.items()]
         self.node = self.ros.add_node(Human3RNode(context=self.ros.context, parameter_overrides=overrides))
@@ -68,7 +69,8 @@ class Rig:
             "map": self.ros.collect(PointCloud2, "map_cloud", LATCHED),
             "markers": self.ros.collect(MarkerArray, "markers"),
             "path": self.ros.collect(Path, "camera_path"),
-            "depth": self.ros.collect(Image, "depth"),
+            "depth": self.ros.collect(Image, "depth/image"),
+            "depth_info": self.ros.collect(CameraInfo, "depth/camera_info"),
             "info": self.ros.collect(CameraInfo, "estimated_camera_info"),
             "diagnostics": self.ros.collect(DiagnosticArray, "/diagnostics"),
         }
@@ -157,7 +159,8 @@ def by_stamp(messages, stamp, key=lambda m: m.header.stamp):
 
 
 def marker_stamp(array_msg):
-    return array_msg.markers[0].header.stamp
+    """An empty array (a frame with nothing to add or delete) matches no image stamp."""
+    return array_msg.markers[0].header.stamp if array_msg.markers else stamp_of(0.0)
 
 
 def tf_with_stamp(rig, stamp, timeout: float = 10.0):
@@ -193,13 +196,17 @@ def test_outputs_match_a_second_engine_on_the_same_frames(rig):
         assert humans.header.frame_id == "world" and humans.camera_frame_id == CAMERA
         assert humans.reset == (i == 0)
         np.testing.assert_allclose(pose_matrix(humans.camera_pose), expected.cam_to_world, **TOL)
-        ids = [h.track_id for h in humans.humans]
+        seen = [h for h in humans.humans if h.track_state in (Human.TRACK_NEW, Human.TRACK_TRACKED)]
+        lost = [h for h in humans.humans if h.track_state == Human.TRACK_LOST]
+        assert humans.humans == seen + lost
+        ids = [h.track_id for h in seen]
         expected_ids = [p.track_id for p in expected.people]
         assert len(ids) == len(expected_ids)
         if ids and id_offset is None:
             id_offset = ids[0] - expected_ids[0]  # ids may continue across the reset
         assert ids == [t + (id_offset or 0) for t in expected_ids]
-        for msg, person in zip(humans.humans, expected.people):
+        assert {h.track_id for h in lost} == previous_ids - set(ids)
+        for msg, person in zip(seen, expected.people):
             assert math.isclose(msg.score, person.score, rel_tol=1e-4)
             joints = np.array([[p.x, p.y, p.z] for p in msg.joints])
             np.testing.assert_allclose(joints, person.joints_world, **TOL)
@@ -230,14 +237,24 @@ def test_outputs_match_a_second_engine_on_the_same_frames(rig):
         np.testing.assert_allclose(xyz, points, **TOL)
         np.testing.assert_array_equal(rgb, colors)
 
-        # depth and estimated intrinsics: camera frame, model-input resolution
+        # depth camera pair: model-input resolution, the roi of the resized source frame
         depth = rig.out["depth"].wait_stamp(stamp)
         assert depth.header.frame_id == CAMERA and (depth.height, depth.width) == expected.input_size
         np.testing.assert_allclose(np.frombuffer(bytes(depth.data), "<f4").reshape(expected.input_size),
                                    expected.points_cam[..., 2], **TOL)
+        depth_info = rig.out["depth_info"].wait_stamp(stamp)
+        left, top, right, bottom = expected.crop_box
+        assert (depth_info.width, depth_info.height) == expected.resized_size
+        assert (depth_info.roi.x_offset, depth_info.roi.y_offset, depth_info.roi.width, depth_info.roi.height) == (
+            left, top, depth.width, depth.height)
+        k = np.reshape(depth_info.k, (3, 3)) - [[0, 0, left], [0, 0, top], [0, 0, 0]]  # the roi's intrinsics
+        np.testing.assert_allclose(k, expected.K, **TOL)
+        # estimated intrinsics: the source image's resolution
         info = rig.out["info"].wait_stamp(stamp)
-        assert info.header.frame_id == CAMERA and (info.height, info.width) == expected.input_size
-        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), expected.K, **TOL)
+        source_hw = rig.assets.frames[i].shape[:2]
+        assert info.header.frame_id == CAMERA and (info.height, info.width) == source_hw
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), conversions.intrinsics_in_source(
+            k + [[0, 0, left], [0, 0, top], [0, 0, 0]], expected.resized_size, source_hw[::-1]), **TOL)
 
         # path: one pose per frame since the reset
         path = rig.out["path"].wait_stamp(stamp)
@@ -245,17 +262,16 @@ def test_outputs_match_a_second_engine_on_the_same_frames(rig):
         assert stamp_key(path.poses[-1].header.stamp) == stamp_key(stamp)
         np.testing.assert_allclose(pose_matrix(path.poses[-1].pose), expected.cam_to_world, **TOL)
 
-        # markers: fixed namespaces, track ids as marker ids, a lifetime, DELETE for vanished
-        # tracks, DELETEALL after the reset
+        # markers: fixed namespaces, track ids as marker ids, a lifetime, lost tracks not deleted
+        # (they end in the lifecycle test), DELETEALL after the reset
         markers = rig.out["markers"].wait_stamp(stamp, key=marker_stamp).markers
         assert (markers[0].action == Marker.DELETEALL) == (i == 0)
         assert {(m.ns, m.id) for m in markers if m.action == Marker.ADD} == {
             (ns, t) for t in ids for ns in ("human_bones", "human_joints")}
-        assert {(m.ns, m.id) for m in markers if m.action == Marker.DELETE} == {
-            (ns, t) for t in previous_ids - set(ids) for ns in ("human_bones", "human_joints")}
+        assert not [m for m in markers if m.action == Marker.DELETE]
         assert all(0.5 <= m.lifetime.sec + 1e-9 * m.lifetime.nanosec <= 30.0 for m in markers if m.action == Marker.ADD)
         assert all(m.header.frame_id == "world" and stamp_key(m.header.stamp) == stamp_key(stamp) for m in markers)
-        previous_ids = set(ids)
+        previous_ids = set(ids) | {h.track_id for h in lost}
 
         # map: accumulated in the world frame, stamped with the newest frame in it
         latest_map = rig.out["map"].wait_stamp(stamp)
@@ -302,7 +318,8 @@ def test_body_frames_for_exactly_the_people_of_the_frame(rig):
             tf_with_stamp(rig, stamp)
             (message,) = [m for m in rig.out["tf"].messages if by_stamp(m.transforms, stamp)]  # one per frame
             transforms = message.transforms
-            names = {f"{prefix}{h.track_id}": h for h in humans.humans}
+            seen = [h for h in humans.humans if h.track_state != Human.TRACK_LOST]  # lost: no frame
+            names = {f"{prefix}{h.track_id}": h for h in seen}
             camera = [CAMERA] if tf_mode == "world_to_camera" else []
             assert sorted(t.child_frame_id for t in transforms) == sorted([*names, *camera])
             world_from_camera = pose_matrix(humans.camera_pose)
@@ -407,10 +424,12 @@ def test_vertices_and_meshes_on_request(rig):
     rig.set_params(publish_vertices=True, publish_mesh=True, mesh_publish_period=0.0)
     try:
         humans = rig.send_frame(0)
-        assert humans.humans and all(len(h.vertices) == 10475 for h in humans.humans)
+        seen = [h for h in humans.humans if h.track_state != Human.TRACK_LOST]
+        assert seen and all(len(h.vertices) == 10475 for h in seen)
+        assert all(len(h.vertices) == 0 for h in humans.humans if h.track_state == Human.TRACK_LOST)
         markers = rig.out["markers"].wait_stamp(humans.header.stamp, key=marker_stamp).markers
         meshes = [m for m in markers if m.type == Marker.TRIANGLE_LIST]
-        assert len(meshes) == len(humans.humans)
+        assert len(meshes) == len(seen)
         assert len(meshes[0].points) == 3 * rig.node._loaded.faces.shape[0]
     finally:
         rig.set_params(publish_vertices=False, publish_mesh=False, mesh_publish_period=1.0)
@@ -419,14 +438,16 @@ def test_vertices_and_meshes_on_request(rig):
 def test_outputs_without_subscribers_are_not_computed(rig):
     calls, restore = rig.wrap_engine_step()
     outputs = rig.node._outputs
-    muted = {"cloud": (PointCloud2, "cloud", outputs.cloud), "depth": (Image, "depth", outputs.depth),
+    muted = {"cloud": (PointCloud2, "cloud", outputs.cloud), "depth": (Image, "depth/image", outputs.depth),
+             "depth_info": (CameraInfo, "depth/camera_info", outputs.depth_info),
              "info": (CameraInfo, "estimated_camera_info", outputs.camera_info),
              "humans": (HumanArray, "humans", outputs.humans)}
     try:
         rig.set_params(publish_map=False, publish_vertices=True)
-        for name in ("cloud", "depth", "info"):
+        for name in ("cloud", "depth", "depth_info", "info"):
             rig.ros.probe.destroy_subscription(rig.out[name].subscription)
-        assert wait_until(lambda: all(muted[n][2].get_subscription_count() == 0 for n in ("cloud", "depth", "info")))
+        assert wait_until(lambda: all(muted[n][2].get_subscription_count() == 0
+                                      for n in ("cloud", "depth", "depth_info", "info")))
         rig.send_frame(0)
         assert not calls[-1][1].with_points and calls[-1][1].with_vertices  # humans are still subscribed
 
@@ -487,6 +508,68 @@ def test_frames_older_than_max_image_age_are_skipped(rig):
         assert rig.send_frame(1) is not None
     finally:
         rig.set_params(max_image_age=0.0)
+
+
+def test_track_lifecycle_velocity_and_end_through_the_node(rig):
+    """NEW, then TRACKED with the filter's two-point velocity, LOST with its last body while
+    unseen, ENDED once after track_timeout (markers deleted), then a returning person is new."""
+    engine = rig.node._loaded.engine
+    original = engine.step
+    hide = {"people": False}
+
+    def step(rgb, stamp):
+        result = original(rgb, stamp)
+        if hide["people"]:
+            result.people = []  # everyone out of view
+        return result
+
+    timeout = 0.5
+    rig.set_params(track_timeout=timeout)
+    rig.reset()
+    t0 = stamp_key(rig.next_stamp()) * 1e-9
+    engine.step = step
+    try:
+        first = rig.send_frame(0, stamp=stamp_of(t0))
+        new = [h for h in first.humans if h.track_state == Human.TRACK_NEW]
+        # The reset ended every earlier track: reported here, once, after this image's people.
+        assert new and all(h.track_state == Human.TRACK_ENDED for h in first.humans[len(new):])
+        assert all(h.time_since_first_seen == 0 and (h.velocity.x, h.velocity.y, h.velocity.z) == (0, 0, 0)
+                   for h in new)
+        second = rig.send_frame(0, stamp=stamp_of(t0 + 0.2))
+        assert all(h.track_state != Human.TRACK_ENDED for h in second.humans)
+        before = {h.track_id: h for h in new}
+        tracked = [h for h in second.humans if h.track_id in before]
+        assert tracked and all(h.track_state == Human.TRACK_TRACKED for h in tracked)
+        dt = (stamp_key(second.header.stamp) - stamp_key(first.header.stamp)) * 1e-9
+        for h in tracked:
+            old = before[h.track_id].pelvis.position
+            step_ = np.array([h.pelvis.position.x - old.x, h.pelvis.position.y - old.y, h.pelvis.position.z - old.z])
+            np.testing.assert_allclose([h.velocity.x, h.velocity.y, h.velocity.z], step_ / dt, rtol=1e-5)  # stamps as float s: ~2e-7 s near 1.8e9
+            assert h.time_since_first_seen == pytest.approx(dt, abs=1e-6) and h.time_since_last_seen == 0
+        alive = {h.track_id: h for h in second.humans}
+
+        hide["people"] = True
+        lost = rig.send_frame(0, stamp=stamp_of(t0 + 0.4))
+        assert {h.track_id for h in lost.humans} == set(alive)
+        for h in lost.humans:
+            assert h.track_state == Human.TRACK_LOST
+            assert h.time_since_last_seen == pytest.approx(0.2, abs=1e-6)  # stamps: ns of ~1.8e9 s
+            assert h.pelvis == alive[h.track_id].pelvis and h.velocity == alive[h.track_id].velocity
+        ended = rig.send_frame(0, stamp=stamp_of(t0 + 0.2 + timeout + 0.05))
+        assert {h.track_id for h in ended.humans} == set(alive)
+        assert all(h.track_state == Human.TRACK_ENDED for h in ended.humans)
+        markers = rig.out["markers"].wait_stamp(ended.header.stamp, key=marker_stamp).markers
+        assert {(m.ns, m.id) for m in markers if m.action == Marker.DELETE} == {
+            (ns, t) for t in alive for ns in ("human_bones", "human_joints")}
+        assert rig.send_frame(0, stamp=stamp_of(t0 + 0.2 + timeout + 0.1)).humans == []  # reported once
+
+        hide["people"] = False
+        back = rig.send_frame(0, stamp=stamp_of(t0 + 0.2 + timeout + 0.2))
+        assert back.humans and all(h.track_state == Human.TRACK_NEW for h in back.humans)
+        assert min(h.track_id for h in back.humans) > max(alive)  # ended ids are not matched again
+    finally:
+        vars(engine).pop("step")
+        rig.set_params(track_timeout=1e6)
 
 
 def test_reconfigure_for_compressed_input_through_lifecycle_services(rig):

@@ -284,7 +284,8 @@ def _expected_topics(settings) -> list[str]:
     wanted = {
         "/cloud": settings.publish_cloud,
         "/camera_path": settings.publish_path,
-        "/depth": settings.publish_depth,
+        "/depth/image": settings.publish_depth,
+        "/depth/camera_info": settings.publish_depth,
         "/estimated_camera_info": settings.publish_camera_info,
         "/tf": settings.tf_mode != "none",
         "/map_cloud": settings.publish_map and settings.map_publish_period == 0.0,

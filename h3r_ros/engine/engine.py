@@ -194,6 +194,10 @@ class Human3REngine:
         """Tracks the identity matcher remembers (bounded)."""
         return len(self._tracker)
 
+    def forget_tracks(self, ids) -> None:
+        """Ended tracks: their ids are not matched again (a returning person gets a new id)."""
+        self._tracker.forget(ids)
+
     @torch.inference_mode()
     def step(self, rgb: np.ndarray, stamp: object = None) -> FrameResult:
         """Process one RGB uint8 frame (H, W, 3) of any size; ``stamp`` is passed through."""
@@ -237,6 +241,7 @@ class Human3REngine:
             input_size=crop.input_size,
             crop_box=crop.crop_box,
             scale=crop.scale,
+            resized_size=crop.resized_size,
             rgb=cropped,
             points_cam=host.get("points_cam"),
             points_world=host.get("points_world"),

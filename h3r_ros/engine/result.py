@@ -53,6 +53,7 @@ class FrameResult:
     conf: np.ndarray | None  # (H, W) float32, >= 1
     human_mask: np.ndarray | None  # (H, W) float32 probability, when requested
     people: list[Person] = field(default_factory=list)
+    resized_size: tuple[int, int] | None = None  # (W', H') of the frame after the long-side resize
     timings: dict[str, float] = field(default_factory=dict)  # stage name -> seconds
     # Optional model outputs named in EngineConfig.extra_outputs: 'pts3d_in_other_view'
     # (H, W, 3) world frame, 'conf' (H, W), 'rgb' (H, W, 3) in [-1, 1].

@@ -78,6 +78,16 @@ class Tracker:
         """Tracks in the bank (at most max_tracks)."""
         return 0 if self._ids is None else int(self._ids.numel())
 
+    def forget(self, ids) -> None:
+        """Drop these ids from the bank (tracks that ended): that person gets a new id if seen again."""
+        if self._ids is None or not len(ids):
+            return
+        keep = ~torch.isin(self._ids, torch.as_tensor(list(ids), dtype=torch.int64, device=self._ids.device))
+        if not bool(keep.any()):
+            self.reset()
+            return
+        self._tokens, self._ids = self._tokens[keep], self._ids[keep]
+
     def update(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ids (n,) int64 for this view's human tokens (n, D); n = 0 leaves the bank as is."""
         n = tokens.shape[0]

@@ -16,6 +16,7 @@ from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from h3r_ros.engine.track_motion import NEW, TRACKED
 from h3r_ros.msg import Human, HumanArray
 
 NUM_JOINTS = 55
@@ -120,9 +121,11 @@ _NAN_POSE = Pose(position=Point(x=math.nan, y=math.nan, z=math.nan),
                  orientation=Quaternion(x=math.nan, y=math.nan, z=math.nan, w=math.nan))
 
 
-def human_msg(person, with_vertices: bool) -> Human:
+def human_msg(person, with_vertices: bool, track=None, now: float = 0.0) -> Human:
     """One engine Person -> Human, every pose in the world frame. A person without a body
-    (no body model) gets has_body false, no joints or vertices, and NaN pelvis and transl."""
+    (no body model) gets has_body false, no joints or vertices, and NaN pelvis and transl.
+    ``track`` (a TrackInfo) adds the track state, ages at ``now`` (s) and velocity (without
+    it: a new track)."""
     has_body = person.joints_world is not None
     msg = Human(
         track_id=int(person.track_id),
@@ -130,6 +133,11 @@ def human_msg(person, with_vertices: bool) -> Human:
         has_body=has_body,
         head=_point(np.asarray(person.head_world, dtype=np.float64)),
     )
+    if track is not None:
+        msg.track_state = int(track.state)
+        msg.time_since_first_seen, msg.time_since_last_seen = track.ages(now)
+        v = track.velocity
+        msg.velocity = Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
     msg.betas = np.asarray(person.betas, dtype=np.float32).reshape(10)
     msg.expression = np.asarray(person.expression, dtype=np.float32).reshape(10)
     msg.full_pose = np.asarray(person.full_pose_world, dtype=np.float32).reshape(3 * NUM_JOINTS)
@@ -142,22 +150,29 @@ def human_msg(person, with_vertices: bool) -> Human:
     msg.pelvis = pose_msg(pelvis[:3, :3], pelvis[:3, 3])
     msg.joints = [_point(j) for j in joints[:NUM_JOINTS]]
     msg.transl = np.asarray(person.transl_world, dtype=np.float32).reshape(3)
-    if with_vertices:
+    if with_vertices and (track is None or track.state in (NEW, TRACKED)):
         if person.vertices_world is None:
             raise ValueError("vertices requested but the engine did not compute them")
         msg.vertices = [Point32(x=float(v[0]), y=float(v[1]), z=float(v[2])) for v in person.vertices_world.tolist()]
     return msg
 
 
-def humans_msg(result, header: Header, camera_frame: str, with_vertices: bool) -> HumanArray:
-    """FrameResult -> HumanArray in ``header.frame_id`` (the world frame)."""
+def humans_msg(result, header: Header, camera_frame: str, with_vertices: bool, tracks=None,
+               now: float = 0.0) -> HumanArray:
+    """FrameResult -> HumanArray in ``header.frame_id`` (the world frame). ``tracks``: the
+    frame's TrackInfo list (seen, lost, then ended tracks; each payload is the track's latest
+    Person); without it, this frame's people as new tracks."""
     cam_to_world = np.asarray(result.cam_to_world, dtype=np.float64)
+    if tracks is None:
+        humans = [human_msg(p, with_vertices) for p in result.people]
+    else:
+        humans = [human_msg(t.payload, with_vertices, t, now) for t in tracks]
     return HumanArray(
         header=header,
         camera_frame_id=camera_frame,
         camera_pose=pose_msg(cam_to_world[:3, :3], cam_to_world[:3, 3]),
         reset=bool(result.reset),
-        humans=[human_msg(p, with_vertices) for p in result.people],
+        humans=humans,
     )
 
 
@@ -216,6 +231,43 @@ def camera_info_msg(K: np.ndarray, size_hw: tuple[int, int], header: Header) -> 
         r=np.eye(3).reshape(9).tolist(),
         p=P.reshape(12).tolist(),
     )
+
+
+def intrinsics_in_resized(K: np.ndarray, crop_box) -> np.ndarray:
+    """Model-input intrinsics -> those of the whole resized frame the input was cropped from."""
+    out = np.array(K, dtype=np.float64)
+    out[0, 2] += crop_box[0]
+    out[1, 2] += crop_box[1]
+    return out
+
+
+def intrinsics_in_source(K_resized: np.ndarray, resized_wh, source_wh) -> np.ndarray:
+    """Resized-frame intrinsics -> source-image intrinsics. The resize maps pixel centres as
+    ``x_resized + 0.5 = (x_source + 0.5) * W' / W`` (per axis), so K scales with a half-pixel
+    shift of the principal point."""
+    sx = resized_wh[0] / source_wh[0]
+    sy = resized_wh[1] / source_wh[1]
+    out = np.array(K_resized, dtype=np.float64)
+    out[0, 0] /= sx
+    out[1, 1] /= sy
+    out[0, 2] = (out[0, 2] + 0.5) / sx - 0.5
+    out[1, 2] = (out[1, 2] + 0.5) / sy - 0.5
+    return out
+
+
+def depth_camera_info_msg(K: np.ndarray, crop_box, resized_wh, header: Header) -> CameraInfo:
+    """CameraInfo of 'depth/image' in the standard roi form: the calibrated image is the source
+    frame resized to ``resized_wh`` (width x height here, K of that frame), and the depth image is
+    its ``roi`` (the model-input crop, binning 1). A consumer honouring roi (image_geometry) gets
+    the model-input intrinsics; ``x_source = (x_resized + 0.5) * source_width / width - 0.5``
+    (same for y) brings a resized-frame pixel onto the source image."""
+    left, top, right, bottom = (int(v) for v in crop_box)
+    msg = camera_info_msg(intrinsics_in_resized(K, crop_box), (int(resized_wh[1]), int(resized_wh[0])), header)
+    msg.roi.x_offset, msg.roi.y_offset = left, top
+    msg.roi.width, msg.roi.height = right - left, bottom - top
+    msg.roi.do_rectify = False
+    msg.binning_x = msg.binning_y = 1
+    return msg
 
 
 def valid_intrinsics(k) -> bool:

@@ -40,15 +40,19 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Discard any waiting frame and join the thread (after the frame in progress)."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Discard any waiting frame and join the thread (after the frame in progress), waiting
+        at most ``timeout`` s; False if the frame was still running then (the daemon thread
+        finishes it and exits on its own)."""
         with self._cond:
             self._stopping = True
             self._item = None
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def submit(self, item: Any) -> bool:
         """Offer a frame; returns True if it replaced one that was still waiting (a drop)."""

@@ -7,6 +7,8 @@ has a lifetime (a few inference periods): markers vanish by themselves when the 
 or a person stops being seen. A track that ends gets DELETE for the markers it had; a reset
 deletes everything. People without a body (no SMPL-X model) are one sphere at the head,
 in the joints namespace.
+A lost (not yet ended) track's markers are not deleted: they stay at its last pose
+until their lifetime runs out.
 """
 
 from __future__ import annotations
@@ -111,11 +113,11 @@ class TrackMarkers:
         return len(self._skeletons) * 2 + len(self._meshes)
 
     def update(self, header: Header, people, faces: np.ndarray | None = None, lifetime: float = 0.0,
-               mesh_lifetime: float = 0.0) -> MarkerArray:
+               mesh_lifetime: float = 0.0, keep=()) -> MarkerArray:
         """Markers for this frame's people (objects with ``track_id``, ``head_world``,
         ``joints_world`` (None: head only) and, when ``faces`` is given, ``vertices_world``);
-        tracks that vanished get DELETE for the markers they had. Lifetimes in seconds
-        (0 = until deleted)."""
+        tracks that vanished get DELETE for the markers they had, except those in ``keep``
+        (lost, not ended). Lifetimes in seconds (0 = until deleted)."""
         markers: list[Marker] = []
         if self._clear_all:
             markers.append(Marker(header=header, action=Marker.DELETEALL))
@@ -125,11 +127,13 @@ class TrackMarkers:
         def delete(ns: str, track_id: int) -> Marker:
             return Marker(header=header, ns=ns, id=marker_id(track_id), action=Marker.DELETE)
 
-        for track_id in sorted(self._skeletons - current):
+        kept = {int(t) for t in keep}
+        for track_id in sorted(self._skeletons - current - kept):
             markers += [delete(BONES_NS, track_id), delete(JOINTS_NS, track_id)]
-        for track_id in sorted(self._meshes - current):
+        for track_id in sorted(self._meshes - current - kept):
             markers.append(delete(MESH_NS, track_id))
-        self._meshes &= current
+        self._meshes &= current | kept
+        kept &= self._skeletons
         for person in people:
             track_id = int(person.track_id)
             if person.joints_world is None:
@@ -139,5 +143,5 @@ class TrackMarkers:
             if faces is not None:
                 markers.append(mesh_marker(header, track_id, person.vertices_world, faces, mesh_lifetime))
                 self._meshes.add(track_id)
-        self._skeletons = current
+        self._skeletons = current | kept
         return MarkerArray(markers=markers)

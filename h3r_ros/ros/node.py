@@ -19,11 +19,14 @@ outputs reliable volatile; map_cloud reliable transient local.
   in   image (sensor_msgs/Image) or image/compressed (CompressedImage, compressed_input)
   in   camera_info: validated; its focal is reported next to the model's (Human3R itself
        has no intrinsics input)
-  out  humans (h3r_ros/HumanArray, world frame), /tf (world -> camera optical, or inverse;
-       optionally camera optical -> <body_frame_prefix><track_id> per person, REP-155),
-       cloud and map_cloud (PointCloud2, world frame), markers (MarkerArray),
-       camera_path (nav_msgs/Path), depth (32FC1) and estimated_camera_info (CameraInfo),
-       both in the camera frame at model-input resolution, /diagnostics
+  in   (image and camera_info are relative: a namespace or remap moves them with the outputs)
+  out  humans (h3r_ros/HumanArray, world frame; every track with its state, ages and
+       velocity), /tf (world -> camera optical, or inverse; optionally camera optical ->
+       <body_frame_prefix><track_id> per person), cloud and map_cloud (PointCloud2, world
+       frame), markers (MarkerArray), camera_path (nav_msgs/Path), depth/image (32FC1) +
+       depth/camera_info (model-input resolution, roi in the resized source image) and
+       estimated_camera_info (source-image resolution), /diagnostics; with
+       publish_hri_bodies the REP-155 body topics (h3r_ros/ros/hri_bodies.py)
   srv  ~/reset (std_srvs/Trigger), ~/enable (std_srvs/SetBool)
 """
 
@@ -50,10 +53,11 @@ from std_srvs.srv import SetBool, Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
-from h3r_ros.msg import HumanArray
-from h3r_ros.ros import conversions, parameters
 from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.preprocess import crop_geometry
+from h3r_ros.engine.track_motion import LOST, TrackMotion
+from h3r_ros.msg import HumanArray
+from h3r_ros.ros import conversions, hri_bodies, parameters
 from h3r_ros.ros.diagnostics import BAD, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine
 from h3r_ros.ros.image_decoding import (
@@ -74,6 +78,7 @@ WARN_PERIOD = 5.0  # s between repeated warnings of one kind
 MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
 MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
 _NANOSECONDS = 1_000_000_000
+SHUTDOWN_JOIN_TIMEOUT = 1.0  # s the shutdown transition waits for the frame in progress
 
 # Per-frame outputs: reliable, volatile, keep only what a slow subscriber can still use.
 _FRAME_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -101,6 +106,7 @@ class _Outputs:
     markers: object
     path: object
     depth: object
+    depth_info: object
     camera_info: object
 
 
@@ -160,6 +166,8 @@ class Human3RNode(LifecycleNode):
         # Output state, touched only by the inference thread (or while it is stopped).
         self._map: VoxelMap | None = None
         self._markers = TrackMarkers()
+        self._motion = TrackMotion()
+        self._hri: hri_bodies.HriBodies | None = None
         self._path: deque = deque()
         self._last_map_publish = -math.inf
         self._last_mesh = -math.inf
@@ -260,6 +268,11 @@ class Human3RNode(LifecycleNode):
         if problems:
             self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE
+        if settings.publish_hri_bodies and hri_bodies.IdsList is None:
+            self.get_logger().error(
+                "configure failed: publish_hri_bodies is true but hri_msgs (ROS4HRI) is not installed: "
+                "install ros-<distro>-hri-msgs or set publish_hri_bodies to false")
+            return TransitionCallbackReturn.FAILURE
         try:
             self._loaded = load_engine(settings)
         except LoadError as exc:
@@ -278,7 +291,8 @@ class Human3RNode(LifecycleNode):
             map=self.create_lifecycle_publisher(PointCloud2, "map_cloud", _LATCHED_QOS),
             markers=self.create_lifecycle_publisher(MarkerArray, "markers", _EVENT_QOS),
             path=self.create_lifecycle_publisher(Path, "camera_path", _FRAME_QOS),
-            depth=self.create_lifecycle_publisher(Image, "depth", _FRAME_QOS),
+            depth=self.create_lifecycle_publisher(Image, "depth/image", _FRAME_QOS),
+            depth_info=self.create_lifecycle_publisher(CameraInfo, "depth/camera_info", _FRAME_QOS),
             camera_info=self.create_lifecycle_publisher(CameraInfo, "estimated_camera_info", _FRAME_QOS),
         )
         self._service_handles = [
@@ -287,6 +301,8 @@ class Human3RNode(LifecycleNode):
         ]
         self._start_diagnostics(settings.diagnostics_period)
         self._map = VoxelMap(settings.map_voxel_size, settings.map_max_points)
+        self._hri = hri_bodies.HriBodies(self) if settings.publish_hri_bodies else None
+        self._motion = TrackMotion(settings.track_timeout)
         self._reset_outputs()
         self._lifecycle_state = "inactive"
         self._last_error = ""
@@ -306,7 +322,7 @@ class Human3RNode(LifecycleNode):
         qos = input_qos(settings.image_qos)
         if settings.compressed_input:
             self._check, self._decode = check_compressed, decode_compressed
-            image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            image_sub = self.create_subscription(CompressedImage, self._compressed_topic(), self._on_image, qos)
         else:
             self._check, self._decode = check_image, decode_image
             image_sub = self.create_subscription(Image, "image", self._on_image, qos)
@@ -317,6 +333,15 @@ class Human3RNode(LifecycleNode):
         self._lifecycle_state = "active"
         self.get_logger().info(f"active: reading {image_sub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _compressed_topic(self) -> str:
+        """image_transport's naming: the compressed stream of <image> is <image>/compressed, so it
+        follows a remap of 'image' however compressed_input was set; an explicit remap of
+        'image/compressed' still wins."""
+        explicit = self.resolve_topic_name("image/compressed")
+        if explicit != self.resolve_topic_name("image/compressed", only_expand=True):
+            return explicit
+        return self.resolve_topic_name("image") + "/compressed"
 
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
@@ -331,7 +356,8 @@ class Human3RNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self._stop_processing()
+            # Bounded: a process shutting down must not wait out a multi-second CPU frame.
+            self._stop_processing(timeout=SHUTDOWN_JOIN_TIMEOUT)
             self._release()
         except Exception as exc:  # noqa: BLE001 - shutting down regardless
             self._report_error(f"shutdown: {type(exc).__name__}: {exc}", traceback.format_exc())
@@ -349,12 +375,13 @@ class Human3RNode(LifecycleNode):
         self._lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_processing(self) -> None:
+    def _stop_processing(self, timeout: float | None = None) -> None:
         for subscription in self._inputs:
             self.destroy_subscription(subscription)
         self._inputs = []
         if self._worker is not None:
-            self._worker.stop()  # waits for the frame in progress
+            if not self._worker.stop(timeout):  # waits for the frame in progress
+                self.get_logger().warning(f"a frame was still being processed after {timeout} s: abandoning it")
             self._worker = None
 
     def _release(self) -> None:
@@ -362,6 +389,9 @@ class Human3RNode(LifecycleNode):
             for publisher in vars(self._outputs).values():
                 self.destroy_lifecycle_publisher(publisher)
             self._outputs = None
+        if self._hri is not None:
+            self._hri.close()
+            self._hri = None
         for service in self._service_handles:
             self.destroy_service(service)
         self._service_handles = []
@@ -564,7 +594,7 @@ class Human3RNode(LifecycleNode):
         result = engine.step(rgb, msg.header.stamp)
 
         start = time.perf_counter()
-        self._publish(result, msg.header, settings, wanted)
+        self._publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
         timings = dict(result.timings, publish=time.perf_counter() - start)
         self._stats.processed(self._age(msg.header.stamp), timings, len(result.people))
         self._record_focal(result, rgb.shape[:2])
@@ -582,11 +612,23 @@ class Human3RNode(LifecycleNode):
             markers=markers,
             mesh=markers and settings.publish_mesh
             and time.monotonic() - self._last_mesh >= settings.mesh_publish_period,
-            depth=settings.publish_depth and subscribed(out.depth),
+            depth=settings.publish_depth and (subscribed(out.depth) or subscribed(out.depth_info)),
             camera_info=settings.publish_camera_info and subscribed(out.camera_info),
         )
 
-    def _publish(self, result, image_header: Header, settings, wanted: _Wanted) -> None:
+    def _update_tracks(self, result, settings, now: float):
+        """Track states for this frame: (alive tracks, ended tracks); ended ids leave the engine."""
+        motion = self._motion
+        motion.timeout = settings.track_timeout
+        ended = motion.reset() if result.reset else []
+        observations = [(p.track_id, _pelvis_world(p), p) for p in result.people]
+        alive, ended_now = motion.update(now, observations)
+        ended += ended_now
+        if ended_now:
+            self._loaded.engine.forget_tracks([t.track_id for t in ended_now])
+        return alive, ended
+
+    def _publish(self, result, image_header: Header, settings, wanted: _Wanted, source_wh) -> None:
         out = self._outputs
         stamp = image_header.stamp
         camera_frame = settings.camera_frame or image_header.frame_id
@@ -602,19 +644,29 @@ class Human3RNode(LifecycleNode):
         transform = conversions.camera_transform(
             result.cam_to_world, settings.world_frame, camera_frame, settings.tf_mode, stamp
         )
+        now = Time.from_msg(stamp).nanoseconds * 1e-9
+        alive, ended = self._update_tracks(result, settings, now)
         transforms = [] if transform is None else [transform]
         if settings.publish_body_tf:
             transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
+        if self._hri is not None:
+            transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
         if transforms:
             out.tf.publish(TFMessage(transforms=transforms))
         if wanted.humans:
-            out.humans.publish(conversions.humans_msg(result, world, camera_frame, settings.publish_vertices))
+            out.humans.publish(
+                conversions.humans_msg(result, world, camera_frame, settings.publish_vertices, alive + ended, now)
+            )
+        if self._hri is not None:
+            self._hri.publish(world, [t for t in alive if t.state != LOST], ended)
         self._publish_points(result, world, settings, wanted)
         if wanted.markers:
             faces = self._loaded.faces if wanted.mesh else None
             lifetime = self._marker_lifetime()
             mesh_lifetime = lifetime + 2.0 * settings.mesh_publish_period
-            out.markers.publish(self._markers.update(world, result.people, faces, lifetime, mesh_lifetime))
+            lost = [t.track_id for t in alive if t.state == LOST]
+            out.markers.publish(
+                self._markers.update(world, result.people, faces, lifetime, mesh_lifetime, keep=lost))
             if wanted.mesh:
                 self._last_mesh = time.monotonic()
         if settings.publish_path:
@@ -623,10 +675,15 @@ class Human3RNode(LifecycleNode):
             self._path.append(conversions.path_pose(result.cam_to_world, world))
             if out.path.get_subscription_count() > 0:
                 out.path.publish(conversions.path_msg(self._path, world))
+        resized_wh = result.resized_size or source_wh
         if wanted.depth:
             out.depth.publish(conversions.depth_msg(result.points_cam, camera))
+            out.depth_info.publish(conversions.depth_camera_info_msg(result.K, result.crop_box, resized_wh, camera))
         if wanted.camera_info:
-            out.camera_info.publish(conversions.camera_info_msg(result.K, result.input_size, camera))
+            K_source = conversions.intrinsics_in_source(
+                conversions.intrinsics_in_resized(result.K, result.crop_box), resized_wh, source_wh
+            )
+            out.camera_info.publish(conversions.camera_info_msg(K_source, (source_wh[1], source_wh[0]), camera))
 
     def _marker_lifetime(self) -> float:
         """A few inference periods: markers outlive the gap to the next frame, not the node."""
@@ -662,3 +719,8 @@ def _stamp_ns(stamp) -> int:
     if stamp.sec < 0 or not 0 <= stamp.nanosec < _NANOSECONDS:
         raise ImageDecodeError(f"invalid header stamp (sec {stamp.sec}, nanosec {stamp.nanosec})")
     return stamp.sec * _NANOSECONDS + stamp.nanosec
+
+
+def _pelvis_world(person):
+    """The pelvis in the world frame (the head for a person without a body)."""
+    return person.head_world if person.joints_world is None else person.joints_world[0]

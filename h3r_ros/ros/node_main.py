@@ -9,11 +9,16 @@ context first, after which the node's shutdown transition can no longer run (nor
 transition event). Here a signal only stops spinning; the node then goes through its shutdown
 transition (joins the inference thread, frees the model) before rclpy shuts down. The
 process also ends when the node is finalized through its lifecycle services.
+
+Once that is done the process ends with ``os._exit``: the interpreter's own teardown with
+PyTorch and the ROS libraries loaded takes 1-3 s on a small CPU and releases nothing the
+shutdown did not already release, and ``ros2 launch`` escalates to SIGTERM after 5 s.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import sys
 import threading
@@ -61,5 +66,13 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """``main`` as a process: exit right after the clean shutdown (see the module docstring)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -50,6 +50,8 @@ class Settings:
     tf_mode: str = "world_to_camera"
     publish_body_tf: bool = False
     body_frame_prefix: str = "body_"
+    publish_hri_bodies: bool = False
+    track_timeout: float = 5.0
     compressed_input: bool = False
     image_qos: str = "sensor_data"
     max_image_age: float = 0.0
@@ -130,8 +132,16 @@ _SPECS: dict[str, _Spec] = {
                              "z up. Parented to the camera, so it works in every tf_mode.", live=True),
     "body_frame_prefix": _Spec("Prefix of the per-person TF frames (REP-155 names them body_<id>: "
                                "ids must start with a letter).", live=True),
-    "compressed_input": _Spec("Subscribe to image/compressed (sensor_msgs/CompressedImage, jpeg or png) "
-                              "instead of image (sensor_msgs/Image)."),
+    "publish_hri_bodies": _Spec("Publish the REP-155 (ROS4HRI) body interface: /humans/bodies/tracked "
+                                "(hri_msgs/IdsList) and per body /humans/bodies/<id>/position and "
+                                "/velocity plus the TF frame body_<id> (ids b<track_id>). Needs hri_msgs: "
+                                "configure fails with a clear error without it."),
+    "track_timeout": _Spec("Seconds (image stamps) a track may stay unseen, reported as lost, before "
+                           "it ends: reported once as ended, its markers deleted, its id not matched "
+                           "again.", live=True, min_value=0.0),
+    "compressed_input": _Spec("Subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg or png; "
+                              "image_transport's name, following any remap of 'image') instead of image "
+                              "(sensor_msgs/Image)."),
     "image_qos": _Spec("Image and camera_info subscription QoS, depth 1: 'sensor_data' (best effort, "
                        "matches any publisher) or 'reliable'.", choices=IMAGE_QOS),
     "max_image_age": _Spec("Skip frames whose stamp is older than this many seconds when inference "
@@ -149,10 +159,12 @@ _SPECS: dict[str, _Spec] = {
     "publish_mesh": _Spec("Add SMPL-X meshes (TRIANGLE_LIST) to 'markers' every mesh_publish_period.",
                           live=True),
     "publish_path": _Spec("Publish the camera trajectory on 'camera_path'.", live=True),
-    "publish_depth": _Spec("Publish the depth (z of the camera-frame points, 32FC1, model-input "
-                           "resolution) on 'depth'.", live=True),
-    "publish_camera_info": _Spec("Publish the model's estimated intrinsics at model-input resolution "
-                                 "on 'estimated_camera_info' (matches 'depth').", live=True),
+    "publish_depth": _Spec("Publish the depth as a camera pair: 'depth/image' (z of the camera-frame "
+                           "points in metres, 32FC1, model-input resolution) and 'depth/camera_info' "
+                           "(the model's intrinsics; its roi places the depth image in the source image "
+                           "resized to the info's width x height).", live=True),
+    "publish_camera_info": _Spec("Publish the model's estimated intrinsics for the source image's "
+                                 "resolution on 'estimated_camera_info'.", live=True),
     "publish_vertices": _Spec("Fill Human.vertices (10475 SMPL-X vertices per person) in 'humans'.",
                               live=True),
     "cloud_conf_threshold": _Spec("Keep points whose confidence (>= 1) exceeds this.", live=True,

@@ -1,0 +1,126 @@
+"""The launch file's arguments through the real `ros2 launch` (declared set, defaults, rejected
+values), its params file against the node, and rviz/human3r.rviz against RViz 2's plugin list
+(rviz_default_plugins' plugins_description.xml, vendored)."""
+
+import importlib.util
+import subprocess
+import tarfile
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from ros_tools import LAUNCH_TOOLS, REPO, require_modules, ros2_executable, tool_env, vendor_file
+
+LAUNCH_FILE = REPO / "launch" / "human3r.launch.py"
+RVIZ_FILE = REPO / "rviz" / "human3r.rviz"
+PARAMS_FILE = REPO / "config" / "human3r.yaml"
+EXPECTED_ARGUMENTS = {
+    "namespace", "params_file", "use_sim_time", "image_topic", "camera_info_topic",
+    "compressed_input", "checkpoint", "smplx_dir", "device", "world_frame", "camera_frame",
+    "tf_mode", "autostart", "rviz",
+}
+# Section of the RViz config -> the plugin base class its entries must have.
+RVIZ_BASES = {"Displays": "rviz_common::Display", "Tools": "rviz_common::Tool",
+              "Views": "rviz_common::ViewController"}
+
+
+def _ros2_launch(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    require_modules(*LAUNCH_TOOLS)
+    return subprocess.run([ros2_executable(), "launch", *args], env=tool_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_show_args_lists_every_argument_with_relative_input_defaults():
+    result = _ros2_launch("h3r_ros", "human3r.launch.py", "--show-args")
+    assert result.returncode == 0, result.stderr
+    declared = {line.strip().strip("':") for line in result.stdout.splitlines() if line.startswith("    '")}
+    assert declared == EXPECTED_ARGUMENTS
+    for name, default in (("image_topic", "image"), ("camera_info_topic", "camera_info"), ("rviz", "false")):
+        block = result.stdout.split(f"'{name}':", 1)[1]
+        assert f"(default: '{default}')" in block.split("\n\n", 1)[0], block[:300]
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("tf_mode:=map_to_odom", "Valid options are: ['', 'world_to_camera', 'camera_to_world', 'none']"),
+    ("rviz:=maybe", "launch argument rviz:='maybe' is not a boolean"),
+])
+def test_a_bad_argument_is_rejected_before_anything_starts(argument, message):
+    result = _ros2_launch(str(LAUNCH_FILE), argument)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output
+    assert "process started" not in output
+
+
+def _launch_module():
+    require_modules("launch", "launch_ros")
+    spec = importlib.util.spec_from_file_location("human3r_launch_under_test", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_params_file_matches_the_node_and_the_forwarded_arguments():
+    """The params file applies under the launched node's name in any namespace, and every
+    launch argument forwarded as a parameter is one the node declares."""
+    from h3r_ros.ros.parameters import documented_defaults
+
+    module = _launch_module()
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    assert list(params) == ["/**/" + module.NODE_NAME]
+    node_params = params["/**/" + module.NODE_NAME]["ros__parameters"]
+    forwarded = set(module.STRING_OVERRIDES) | set(module.BOOL_OVERRIDES)
+    assert forwarded <= set(node_params) <= set(documented_defaults())
+
+
+def _rviz_plugins() -> dict[str, set[str]]:
+    """class name -> base class types (TF is both a display and a frame transformer), from the
+    vendored rviz_default_plugins."""
+    with tarfile.open(vendor_file("rviz.tar.gz")) as archive:
+        xml = archive.extractfile("rviz/rviz_default_plugins/plugins_description.xml").read()
+    plugins: dict[str, set[str]] = {}
+    for entry in ET.fromstring(xml).iter("class"):
+        plugins.setdefault(entry.get("name"), set()).add(entry.get("base_class_type"))
+    return plugins
+
+
+def _rviz_classes(config: dict):
+    """(section, class) for every plugin entry of the config, nested displays included."""
+    manager = config["Visualization Manager"]
+
+    def displays(entries):
+        for entry in entries:
+            yield "Displays", entry["Class"]
+            yield from displays(entry.get("Displays", []))
+
+    yield from displays(manager["Displays"])
+    for tool in manager["Tools"]:
+        yield "Tools", tool["Class"]
+    yield "Views", manager["Views"]["Current"]["Class"]
+
+
+def test_every_rviz_plugin_class_exists_in_rviz_default_plugins():
+    plugins = _rviz_plugins()
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    used = list(_rviz_classes(config))
+    assert {section for section, _ in used} == set(RVIZ_BASES)
+    for section, name in used:
+        assert name in plugins, f"{section}: {name} is not an rviz_default_plugins class"
+        assert RVIZ_BASES[section] in plugins[name], (name, plugins[name])
+
+
+def test_rviz_config_shows_every_output_with_matching_qos():
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    manager = config["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "world"
+    topics = {d["Topic"]["Value"]: d for d in manager["Displays"] if "Topic" in d}
+    assert topics["cloud"]["Class"] == "rviz_default_plugins/PointCloud2"
+    assert topics["map_cloud"]["Class"] == "rviz_default_plugins/PointCloud2"
+    assert topics["map_cloud"]["Topic"]["Durability Policy"] == "Transient Local"
+    assert topics["map_cloud"]["Topic"]["Reliability Policy"] == "Reliable"
+    assert topics["markers"]["Class"] == "rviz_default_plugins/MarkerArray"
+    assert topics["camera_path"]["Class"] == "rviz_default_plugins/Path"
+    assert topics["image"]["Class"] == "rviz_default_plugins/Image"
+    assert topics["image"]["Topic"]["Reliability Policy"] == "Best Effort"
+    for cloud in ("cloud", "map_cloud"):
+        assert topics[cloud]["Color Transformer"] == "RGB8"
