@@ -171,11 +171,10 @@ def _wait_active() -> str:
 @pytest.mark.launch(fixture=human3r_launch)
 def test_node_goes_active_with_the_params_file_and_the_cli_sees_it(stage):
     assert _wait_active().strip() == "active [3]"
-    got = ros2("param", "get", NODE, "input_size", "--no-daemon")
-    assert got.stdout.strip() == f"Integer value is: {stage['params']['input_size']}", got
-    described = ros2("param", "describe", NODE, "track_timeout", "--no-daemon")
-    assert described.returncode == 0, described
-    assert "Type: double" in described.stdout and "Seconds (image stamps) a track may stay unseen" in described.stdout
+    got = ros2_until(lambda out: bool(out.strip()), "param", "get", NODE, "input_size", "--no-daemon")
+    assert got.strip() == f"Integer value is: {stage['params']['input_size']}", got
+    described = ros2_until(lambda out: "Type:" in out, "param", "describe", NODE, "track_timeout", "--no-daemon")
+    assert "Type: double" in described and "Seconds (image stamps) a track may stay unseen" in described
     info = ros2_until(lambda out: "Subscription count: 1" in out, "topic", "info", IMAGE_TOPIC, "--no-daemon")
     assert "Type: sensor_msgs/msg/Image" in info
     expected = [f"{name} [{kind}]" for name, kind in (
