@@ -161,6 +161,7 @@ def test_random_weights_exercise_every_output(random_run):
     msgs = _messages(output / "bag")
     assert len(msgs["/cloud"]) == RANDOM_FRAMES and all(c.width > 0 for c in msgs["/cloud"])
     assert msgs["/map_cloud"][-1].width > 0
-    for topic in ("/humans", "/markers", "/camera_path", "/depth", "/estimated_camera_info", "/tf"):
+    for topic in ("/humans", "/markers", "/camera_path", "/depth/image", "/depth/camera_info", "/estimated_camera_info",
+                  "/tf"):
         assert len(msgs.get(topic, [])) >= RANDOM_FRAMES, topic
     assert cv2.imread(str(output / "preview.png")) is not None

@@ -54,7 +54,7 @@ class Rig:
     def __init__(self, **overrides):
         self.assets = tiny_assets()
         # Tracks outlive any pause of the shared CPU here; the track lifecycle test shortens it.
-        self.params = self.assets.parameters(**({"track_timeout": 1e6} | overrides))
+        self.params = self.assets.parameters(**({"track_timeout": 60.0} | overrides))
         self.ros = RosHarness()
         overrides = [Parameter(k, value=v) for k, v in self.params.items()]
         self.node = self.ros.add_node(Human3RNode(context=self.ros.context, parameter_overrides=overrides))
