@@ -569,7 +569,7 @@ def test_track_lifecycle_velocity_and_end_through_the_node(rig):
         assert min(h.track_id for h in back.humans) > max(alive)  # ended ids are not matched again
     finally:
         vars(engine).pop("step")
-        rig.set_params(track_timeout=1e6)
+        rig.set_params(track_timeout=60.0)
 
 
 def test_reconfigure_for_compressed_input_through_lifecycle_services(rig):
