@@ -1,4 +1,4 @@
-"""The GPU check script's CPU part: it runs where no GPU is, so a GPU session only measures."""
+"""The GPU check script's CPU part runs without a GPU, so a run on a GPU machine only measures."""
 
 import subprocess
 import sys
