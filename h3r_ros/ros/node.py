@@ -73,7 +73,6 @@ from h3r_ros.ros.markers import TrackMarkers
 
 NODE_NAME = "human3r_node"
 FALLBACK_CAMERA_FRAME = "camera_optical_frame"  # when neither the parameter nor the header names one
-HUMAN_MASK_THRESHOLD = 0.1  # the Human3R demo's msk_threshold for "human pixel"
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
 MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
 MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
@@ -129,8 +128,7 @@ class _Wanted:
         if self.cloud:
             selections.append(PointSelection("cloud", max_points=settings.cloud_max_points, **common))
         if settings.publish_map:
-            selections.append(PointSelection("map", exclude_humans=settings.map_exclude_humans,
-                                             mask_threshold=HUMAN_MASK_THRESHOLD, **common))
+            selections.append(PointSelection("map", exclude_humans=settings.map_exclude_humans, **common))
         return {
             "with_points": self.depth,
             "with_vertices": (self.humans and settings.publish_vertices) or self.mesh,
