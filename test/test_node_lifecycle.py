@@ -197,9 +197,13 @@ def _process_one_frame(ros) -> None:
     publisher = ros.probe.create_publisher(Image, "image", 1)
     try:
         assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched(), 30.0)
-        stamp = ros.probe.get_clock().now().to_msg()
-        publisher.publish(image_msg(tiny_assets().frames[0], stamp))
-        humans.wait_stamp(stamp, 120.0)
+        # Matching seen from the publisher's side does not mean the node has matched it yet:
+        # resend until a frame comes through.
+        deadline = time.monotonic() + 120.0
+        while not humans.messages and time.monotonic() < deadline:
+            publisher.publish(image_msg(tiny_assets().frames[0], ros.probe.get_clock().now().to_msg()))
+            wait_until(lambda: bool(humans.messages), 2.0)
+        assert humans.messages, "timed out on /humans"
     finally:
         ros.probe.destroy_publisher(publisher)
         ros.probe.destroy_subscription(humans.subscription)
