@@ -265,6 +265,41 @@ def test_vertices_only_when_asked(tiny, body_model):
             np.testing.assert_allclose(p.head_world, p.joints_world[15], atol=1e-5)
 
 
+def test_warm_up_compiles_the_fixed_shape_stages_once_and_leaves_a_fresh_world(tiny):
+    fx, model = tiny
+    frames = _frames(fx)[:3]
+    graphs = []
+
+    def counting_backend(graph, _example_inputs):  # runs the traced graph as it is
+        graphs.append(graph)
+        return graph.forward
+
+    compiled = type(model)(model.cfg)
+    compiled.load_state_dict(model.state_dict())
+    compiled.compile_fixed_shape_stages(backend=counting_backend, fullgraph=True)
+    engine = Human3REngine(compiled, EngineConfig(size=160, reset_interval=0))
+    try:
+        height, width = frames[0].shape[:2]
+        assert engine.warm_up(width, height) > 0
+        assert len(graphs) == 3  # encoder, DINOv2, dense heads: each traced whole, once
+        results = [engine.step(f) for f in frames]
+        # Frames of the warmed-up size compile nothing more, whatever the number of people.
+        assert len({len(r.people) for r in results}) > 1
+        assert len(graphs) == 3
+        _, eager = _run(model, frames)
+        assert [r.index for r in results] == [0, 1, 2] and [r.reset for r in results] == [True, False, False]
+        for a, b in zip(results, eager):
+            np.testing.assert_allclose(a.cam_to_world, b.cam_to_world, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(a.points_world, b.points_world, rtol=1e-6, atol=1e-6)
+            assert [p.track_id for p in a.people] == [p.track_id for p in b.people]
+        # Another frame size compiles the stages whose shapes follow it; the DINOv2 input is
+        # always the padded square.
+        engine.step(np.ascontiguousarray(frames[0].transpose(1, 0, 2)))
+        assert len(graphs) == 5
+    finally:
+        torch._dynamo.reset()
+
+
 # bfloat16 error model. bf16 keeps 8 significant bits: round-to-nearest leaves a relative
 # error of at most U = 2^-8 per rounding. A bf16 run is the fp32 computation with such a
 # rounding at every tensor it stores, so its deviation from fp32 is the network's response to

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
-from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, stamp_of
+from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, settings_for, stamp_of, tiny_assets
 from sensor_msgs.msg import CompressedImage, PointField
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
@@ -18,7 +19,8 @@ from visualization_msgs.msg import Marker
 
 from h3r_ros.ros import conversions, parameters
 from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, NodeStats, diagnostics_msg
-from h3r_ros.ros.engine_loader import LoadError, find_checkpoint, resolve_device
+from h3r_ros.model import Human3R
+from h3r_ros.ros.engine_loader import LoadError, find_checkpoint, load_engine, resolve_device
 from h3r_ros.ros.image_decoding import ImageDecodeError, check_image, decode_compressed, decode_image
 from h3r_ros.ros.inference_worker import InferenceWorker
 from h3r_ros.ros.map_accumulator import VoxelMap
@@ -398,6 +400,29 @@ def test_device_names_are_checked():
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(LoadError, match="not supported|not a torch device"):
         resolve_device("tpu")
+
+
+def test_compile_compiles_for_the_configured_frame_size_at_configure(monkeypatch):
+    graphs = []
+    compile_stages = Human3R.compile_fixed_shape_stages
+
+    def counting_backend(graph, _example_inputs):  # inductor would take minutes here
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr(Human3R, "compile_fixed_shape_stages",
+                        lambda model: compile_stages(model, backend=counting_backend))
+    assets = tiny_assets()
+    height, width = assets.frames[0].shape[:2]
+    try:
+        loaded = load_engine(settings_for(assets.parameters(
+            compile=True, compile_image_width=width, compile_image_height=height)))
+        assert len(graphs) == 3  # before any frame arrives
+        assert f"compiled for {width}x{height}" in loaded.description
+        result = loaded.engine.step(assets.frames[1])
+        assert result.index == 0 and result.reset and len(graphs) == 3
+    finally:
+        torch._dynamo.reset()
 
 
 # ------------------------------------------------------------------ diagnostics

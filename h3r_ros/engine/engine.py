@@ -67,7 +67,8 @@ class EngineConfig:
     # the engine is built); False for strict float32.
     tf32: bool = True
     # torch.compile the model's fixed-shape stages (Human3R.compile_fixed_shape_stages) when
-    # the engine is built; they are compiled on the first frame and on each new input size.
+    # the engine is built; they compile on the first frame of each new input size, or ahead
+    # of it with Human3REngine.warm_up.
     compile: bool = False
 
     def __post_init__(self):
@@ -188,6 +189,18 @@ class Human3REngine:
         self._frames_in_world = 0  # automatic reset schedule (overlap views do not count)
         self._chain.clear()
         self._tracker.reset()
+
+    def warm_up(self, width: int, height: int, frames: int = 2) -> float:
+        """Run ``frames`` grey frames of this size, then start a fresh world, as if nothing
+        had run: compiles the compiled stages for this size and creates the kernels'
+        workspaces before the first real frame. Returns the seconds it took."""
+        start = time.perf_counter()
+        grey = np.full((height, width, 3), 128, np.uint8)
+        for _ in range(frames):
+            self.step(grey)
+        self.reset()
+        self._frame_index = 0
+        return time.perf_counter() - start
 
     @property
     def tracks(self) -> int:

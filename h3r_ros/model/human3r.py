@@ -7,7 +7,7 @@ The model does not blend the state, track identities or run SMPL-X: the engine d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -158,10 +158,12 @@ class Human3R(nn.Module):
             x = blk(x, grid.rope_enc)
         return self.enc_norm(x)
 
-    def _backbone_tokens(self, img_mhmr: torch.Tensor) -> torch.Tensor:
+    def _backbone_input(self, img_mhmr: torch.Tensor) -> torch.Tensor:
         mean, std = self._imagenet_stats()
-        x = ((img_mhmr.float() * 0.5 + 0.5 - mean) / std).to(self.dtype)  # [-1,1] -> ImageNet
-        return self.backbone(x, self._backbone_pos_embed())
+        return ((img_mhmr.float() * 0.5 + 0.5 - mean) / std).to(self.dtype)  # [-1,1] -> ImageNet
+
+    def _backbone_tokens(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x, pos_embed)
 
     def _detect(self, tokens: torch.Tensor, max_humans: Optional[int], threshold: float) -> _Detections:
         cfg, head = self.cfg, self.downstream_head
@@ -236,17 +238,16 @@ class Human3R(nn.Module):
 
     def _dense_heads(
         self,
-        feat: torch.Tensor,
-        hooks,
-        dec_final: torch.Tensor,
+        tokens: List[torch.Tensor],
+        pose_token: torch.Tensor,
         grid: _GridConstants,
         h: int,
         w: int,
         extra_outputs: FrozenSet[str],
     ) -> Dict[str, torch.Tensor]:
+        """tokens: the encoder output and the decoder's two hooks and output, image tokens only
+        (so the shapes do not follow the number of people); pose_token: [B, C]."""
         head, cfg = self.downstream_head, self.cfg
-        n_img = h * w
-        tokens = [feat, hooks[0][:, 1 : 1 + n_img], hooks[1][:, 1 : 1 + n_img], dec_final[:, 1 : 1 + n_img]]
         out = {}
         out["pts3d_in_self_view"], out["conf_self"] = points_and_conf(head.dpt_self(tokens, h, w), cfg.conf_mode)
         if "rgb" in extra_outputs:
@@ -254,10 +255,9 @@ class Human3R(nn.Module):
         if extra_outputs & {"pts3d_in_other_view", "conf"}:
             # world-frame points: last hook re-modulated by the refined pose token
             cross = tokens[3]
-            cond = dec_final[:, 0]
             rope = grid.rope_image_i.select(slice(1, None))
             for blk in head.final_transform:
-                cross = blk(cross, cond, rope)
+                cross = blk(cross, pose_token, rope)
             pts, conf = points_and_conf(head.dpt_cross(tokens[:3] + [cross], h, w), cfg.conf_mode)
             out["pts3d_in_other_view"], out["conf"] = pts, conf
         return out
@@ -319,7 +319,9 @@ class Human3R(nn.Module):
         grid = self._grid_constants(h, w)
 
         feat = self._encode(img.to(self.dtype), grid)
-        bb_tokens = self._backbone_tokens(img_mhmr)
+        # Cached constants are looked up outside the compiled stages: a graph would guard on
+        # (and recompile for) the cache's contents.
+        bb_tokens = self._backbone_tokens(self._backbone_input(img_mhmr), self._backbone_pos_embed())
         threshold = cfg.det_threshold if det_threshold is None else det_threshold
         det = self._detect(bb_tokens, max_humans, threshold)
         humans, human_index = self._human_tokens(feat, det, H, W)
@@ -333,7 +335,12 @@ class Human3R(nn.Module):
         pose_token = dec_final[:, 0:1]
         human_tokens = dec_final[:, 1 + h * w :]
 
-        out = self._dense_heads(feat, hooks, dec_final, grid, h, w, extra_outputs)
+        # Image-token copies: their shapes and strides do not follow the number of people, so a
+        # compiled _dense_heads is not specialised (recompiled) per count.
+        n_img = h * w
+        image_tokens = [feat] + [t[:, 1 : 1 + n_img].clone(memory_format=torch.contiguous_format)
+                                 for t in (*hooks, dec_final)]
+        out = self._dense_heads(image_tokens, pose_token[:, 0], grid, h, w, extra_outputs)
         pose_raw = self.downstream_head.pose_head(pose_token[:, 0])
         out["camera_pose"] = camera_pose(pose_raw.float())
         if cfg.msk_head:

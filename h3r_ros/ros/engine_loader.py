@@ -173,7 +173,11 @@ def load_engine(settings) -> LoadedEngine:
     body_model, warning = _load_body_model(settings, device)
     model, source = _load_model(checkpoint, settings, device, precision.dtype)
     engine = Human3REngine(model, config, body_model)
+    warm_up = ""
+    if settings.compile:
+        seconds = engine.warm_up(settings.compile_image_width, settings.compile_image_height)
+        warm_up = f", compiled for {settings.compile_image_width}x{settings.compile_image_height} in {seconds:.0f} s"
     faces = None if body_model is None else body_model.faces.detach().cpu().numpy().astype(np.int64)
     bodies = "no SMPL-X: people without bodies" if body_model is None else "SMPL-X bodies"
-    return LoadedEngine(engine, faces, device, precision, f"{source} on {device} ({precision.dtype}), {bodies}",
+    return LoadedEngine(engine, faces, device, precision, f"{source} on {device} ({precision.dtype}{warm_up}), {bodies}",
                         warning)

@@ -39,6 +39,8 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    compile_image_width: int = 640
+    compile_image_height: int = 480
     input_size: int = 512
     reset_interval: int = 100
     ttt3r: bool = True
@@ -102,9 +104,14 @@ _SPECS: dict[str, _Spec] = {
     "dtype": _Spec("Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
                    "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
                    "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES),
-    "compile": _Spec("torch.compile the model's fixed-shape stages (encoder, DINOv2, dense heads); "
-                     "they compile on the first frame (tens of seconds to minutes) and on a new "
-                     "image size."),
+    "compile": _Spec("torch.compile the model's fixed-shape stages (encoder, DINOv2, dense heads) at "
+                     "configure, for frames of compile_image_width x compile_image_height (tens of "
+                     "seconds to minutes); frames of another size compile again when they arrive."),
+    "compile_image_width": _Spec("Width of the camera's frames, px: with compile, the model is compiled "
+                                 "and warmed up for this frame size at configure.", min_value=16,
+                                 max_value=16384),
+    "compile_image_height": _Spec("Height of the camera's frames, px (see compile_image_width).",
+                                  min_value=16, max_value=16384),
     "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
                         "models were trained at 512).", min_value=64, max_value=2048),
     "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "
