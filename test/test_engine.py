@@ -300,6 +300,26 @@ def test_warm_up_compiles_the_fixed_shape_stages_once_and_leaves_a_fresh_world(t
         torch._dynamo.reset()
 
 
+def test_dense_head_convolutions_run_in_channels_last(tiny):
+    fx, model = tiny
+    engine = Human3REngine(model, EngineConfig(size=160, reset_interval=0))
+    layouts = []
+
+    def record(_module, args):
+        layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    convs = [m for m in engine.model.downstream_head.dpt_self.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    handles = [conv.register_forward_pre_hook(record) for conv in convs]
+    try:
+        engine.step(_frames(fx)[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(layouts) == len(convs) - 2  # refinenet4.resConfUnit1 (two convs) is stored, never called
+    assert all(layouts)
+
+
 # bfloat16 error model. bf16 keeps 8 significant bits: round-to-nearest leaves a relative
 # error of at most U = 2^-8 per rounding. A bf16 run is the fp32 computation with such a
 # rounding at every tensor it stores, so its deviation from fp32 is the network's response to

@@ -147,7 +147,10 @@ class Human3REngine:
         self._model_match_threshold = cfg.match_threshold
         self._tracker = Tracker(cfg.match_threshold, cfg.sinkhorn_iters, cfg.sinkhorn_alpha)
         self.config = config
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # Convolution weights in channels_last: the DPT heads' token maps already come in that
+        # layout, and oneDNN's and cuDNN's NHWC kernels are faster (one DPT head on this CPU:
+        # -20 % in fp32, -55 % in bf16); the same numbers up to summation order.
+        self.model = model.to(device=self.device, dtype=self.dtype).to(memory_format=torch.channels_last).eval()
         if config.compile:
             self.model.compile_fixed_shape_stages()
         self.body_model = body_model
