@@ -402,6 +402,18 @@ def test_device_names_are_checked():
         resolve_device("tpu")
 
 
+def test_cpu_threads_set_the_intra_op_threads_and_zero_restores_the_default():
+    default = torch.get_num_threads()
+    params = tiny_assets().parameters()
+    try:
+        loaded = load_engine(settings_for(dict(params, cpu_threads=1)))
+        assert torch.get_num_threads() == 1 and "CPU threads 1" in loaded.description
+        load_engine(settings_for(dict(params, cpu_threads=0)))
+        assert torch.get_num_threads() == default
+    finally:
+        torch.set_num_threads(default)
+
+
 def test_compile_compiles_for_the_configured_frame_size_at_configure(monkeypatch):
     graphs = []
     compile_stages = Human3R.compile_fixed_shape_stages

@@ -150,9 +150,14 @@ def _load_body_model(settings, device: torch.device) -> tuple[BodyModel | None, 
     )
 
 
+# torch's own choice (one thread per core), restored when cpu_threads goes back to 0.
+_DEFAULT_CPU_THREADS = torch.get_num_threads()
+
+
 def load_engine(settings) -> LoadedEngine:
     """Build the engine described by a parameters.Settings; raises LoadError."""
     device = resolve_device(settings.device)
+    torch.set_num_threads(settings.cpu_threads or _DEFAULT_CPU_THREADS)
     try:
         precision = resolve_precision(settings.dtype, device)
         config = EngineConfig(
@@ -179,5 +184,5 @@ def load_engine(settings) -> LoadedEngine:
         warm_up = f", compiled for {settings.compile_image_width}x{settings.compile_image_height} in {seconds:.0f} s"
     faces = None if body_model is None else body_model.faces.detach().cpu().numpy().astype(np.int64)
     bodies = "no SMPL-X: people without bodies" if body_model is None else "SMPL-X bodies"
-    return LoadedEngine(engine, faces, device, precision, f"{source} on {device} ({precision.dtype}{warm_up}), {bodies}",
-                        warning)
+    details = f"{precision.dtype}, CPU threads {torch.get_num_threads()}{warm_up}"
+    return LoadedEngine(engine, faces, device, precision, f"{source} on {device} ({details}), {bodies}", warning)

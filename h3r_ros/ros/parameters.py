@@ -37,6 +37,7 @@ class Settings:
     allow_random_weights: bool = False
     smplx_dir: str = ""
     device: str = "auto"
+    cpu_threads: int = 0
     dtype: str = "auto"
     compile: bool = False
     compile_image_width: int = 640
@@ -101,6 +102,9 @@ _SPECS: dict[str, _Spec] = {
     "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/. "
                        "Without the file: people without bodies (Human.has_body false)."),
     "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
+    "cpu_threads": _Spec("Threads of the model's CPU operations (torch intra-op threads, process-wide); "
+                         "0 = torch's default, one per core. Lower it to leave cores to other nodes.",
+                         min_value=0, max_value=1024),
     "dtype": _Spec("Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
                    "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
                    "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES),
