@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
 """CPU/GPU timing of Human3R.step with random weights at the released architectures.
 
-Prints the machine's bfloat16 capability and its own large-matmul rate, then for each
-variant, dtype and compile setting: per-stage times, s/frame (median, min, max over the
-timed frames after a warm-up), FLOP per frame (torch's FlopCounterMode on an eager warm-up
-frame), the achieved FLOP/s against the matmul rate, and the peak RSS of the process. Weights
-are random (initialised in place, no checkpoint needed); detections are forced to a fixed
-number of well-separated heads so the per-human work is representative. Each configuration
-runs in its own process so that each peak RSS is its own.
+Prints the machine's bfloat16 capability, then for each variant, dtype, compile,
+convolution-layout and thread setting: per-stage times, s/frame (median, min, max over the
+timed frames after a warm-up), FLOP per frame (torch's FlopCounterMode on one eager float32
+frame, in a process of its own), the achieved FLOP/s against the machine's own 4096^3 matmul rate
+measured just before the frames, and the peak RSS of the process. Weights are random
+(initialised in place, no checkpoint needed); detections are forced to a fixed number of
+well-separated heads so the per-human work is representative. Each configuration runs in its
+own process so that each peak RSS is its own.
 
     python scripts/benchmark_model.py                          # 672S and 896L, every native dtype
     python scripts/benchmark_model.py --variant 896L --dtype float32 --compile both --frames 3
+    python scripts/benchmark_model.py --variant 672S --channels-last both --threads 1 2
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python scripts/benchmark_model.py --variant 672S --dtype float32 int8 --qengine onednn
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import statistics
 import sys
@@ -84,18 +89,22 @@ def instrument(model, device: str):
 def run(args, results) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    tag = f"[{args.variant} {args.dtype}{' compiled' if args.compiled else ''}]"
-    dtype = getattr(torch, args.dtype)
+    tag = (f"[{args.variant} {args.dtype}{' compiled' if args.compiled else ''}"
+           f"{'' if args.channels_last else ' contiguous convs'}, {torch.get_num_threads()} threads]")
+    int8 = args.dtype == "int8"
+    dtype = torch.float32 if int8 else getattr(torch, args.dtype)
     cfg = Human3RConfig.variant(args.variant)
     start = time.perf_counter()
     model = random_model(cfg, dtype, args.device)
+    if int8:  # dynamic quantization: int8 weights, activations quantized per call
+        if args.qengine:
+            torch.backends.quantized.engine = args.qengine
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     print(f"{tag} built in {time.perf_counter() - start:.1f} s, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} G params, {torch.get_num_threads()} threads",
-          flush=True)
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} G params", flush=True)
     force_detections(model, args.humans)
-    if args.compiled:
-        model.compile_fixed_shape_stages()
-    times = instrument(model, args.device)
+    if args.channels_last:  # as Human3REngine prepares the model
+        model.to(memory_format=torch.channels_last)
 
     gen = torch.Generator().manual_seed(1)
     img = (torch.rand(1, 3, args.height, args.width, generator=gen) * 2 - 1).to(args.device, dtype)
@@ -103,20 +112,23 @@ def run(args, results) -> None:
     img_mhmr = (torch.rand(1, 3, res, res, generator=gen) * 2 - 1).to(args.device, dtype)
     state, mem = model.initial_state()
     extra = frozenset(args.extra)
-    totals, flop = [], None
+    if args.count_flop:  # its own eager run: compiled code hides its kernels from the counter
+        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+            model.step(img, img_mhmr, state, mem, first=True, ttt3r=args.ttt3r, extra_outputs=extra)
+        results.put(counter.get_total_flops())
+        return
+    # Measured here, just before the frames: a shared machine's speed drifts between runs.
+    rate = matmul_rate(dtype, args.device)
+    if args.compiled:
+        model.compile_fixed_shape_stages()
+    times = instrument(model, args.device)
+    totals = []
     for frame in range(args.warmup + args.frames):
         times.clear()
-        counter = (FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
-                   if frame == 0 and not args.compiled else None)
         if args.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        if counter is not None:
-            with counter:
-                out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
-            flop = counter.get_total_flops()
-        else:
-            out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
+        out = model.step(img, img_mhmr, state, mem, first=frame == 0, ttt3r=args.ttt3r, extra_outputs=extra)
         if args.device == "cuda":
             torch.cuda.synchronize()
         total = time.perf_counter() - start
@@ -129,17 +141,24 @@ def run(args, results) -> None:
         kind = "warm-up" if frame < args.warmup else "frame"
         print(f"{tag} {kind} {frame}: {total:.2f} s (n={out['smpl_loc'].shape[1]})  {stages}  "
               f"other {total - sum(times.values()):.2f}", flush=True)
-    results.put(dict(variant=args.variant, dtype=args.dtype, compiled=args.compiled, flop=flop,
+    results.put(dict(variant=args.variant, dtype=args.dtype, compiled=args.compiled,
+                     channels_last=args.channels_last, threads=torch.get_num_threads(), matmul=rate,
                      median=statistics.median(totals), min=min(totals), max=max(totals), rss=peak_rss_gib()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", nargs="+", default=["672S", "896L"], help="672S, 672B, 672L, 896L")
-    parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16"),
-                        help="default: float32, plus bfloat16 where the hardware computes it natively")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16", "int8"),
+                        help="default: float32, plus bfloat16 where the hardware computes it natively; "
+                             "int8: float32 with dynamically quantized Linear layers (compared with the "
+                             "float32 matmul rate)")
+    parser.add_argument("--qengine", choices=torch.backends.quantized.supported_engines,
+                        help="quantized engine for int8 (default: torch's; onednn honours ONEDNN_MAX_CPU_ISA)")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
                         help="torch.compile the fixed-shape stages (compiled during the warm-up)")
+    parser.add_argument("--channels-last", choices=("off", "on", "both"), default="on",
+                        help="convolution weights in channels_last, as the engine runs them")
     parser.add_argument("--frames", type=int, default=3, help="timed frames after the warm-up")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--width", type=int, default=512)
@@ -147,47 +166,49 @@ def main() -> None:
     parser.add_argument("--humans", type=int, default=2, help="forced number of detections")
     parser.add_argument("--ttt3r", action="store_true")
     parser.add_argument("--extra", nargs="*", default=[], help="extra outputs: pts3d_in_other_view conf rgb")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="torch intra-op threads, one run each (0: torch default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.frames < 1:
         parser.error("--frames must be >= 1")
     native, capability = bf16_capability(args.device)
     dtypes = args.dtype or (["float32", "bfloat16"] if native else ["float32"])
-    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rates = {name: matmul_rate(getattr(torch, name), args.device) for name in dtypes}
-    print(f"machine: {capability}; {torch.get_num_threads()} threads; 4096^3 matmul "
-          + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()), flush=True)
+    choices = {"off": [False], "on": [True], "both": [False, True]}
+    settings = list(itertools.product(args.variant, dtypes, choices[args.compile], choices[args.channels_last],
+                                      args.threads))
+    print(f"machine: {capability}; {torch.get_num_threads()} threads by default", flush=True)
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    rows = []
-    for variant in args.variant:
-        for dtype in dtypes:
-            for compiled in compiles:
-                child_args = argparse.Namespace(**{**vars(args), "variant": variant, "dtype": dtype,
-                                                   "compiled": compiled})
-                child = context.Process(target=run, args=(child_args, results))
-                child.start()
-                child.join()
-                if child.exitcode:
-                    sys.exit(child.exitcode)
-                rows.append(results.get())
 
-    flops = {row["variant"]: row["flop"] for row in rows if row["flop"]}
+    def child(**setting):
+        child_args = argparse.Namespace(**{**vars(args), "compiled": False, "channels_last": True, "threads": 0,
+                                           "count_flop": False, **setting})
+        process = context.Process(target=run, args=(child_args, results))
+        process.start()
+        process.join()
+        if process.exitcode:
+            sys.exit(process.exitcode)
+        return results.get()
+
+    flops = {variant: child(variant=variant, dtype="float32", count_flop=True) for variant in args.variant}
+    rows = [child(variant=variant, dtype=dtype, compiled=compiled, channels_last=channels_last, threads=threads)
+            for variant, dtype, compiled, channels_last, threads in settings]
+
     print(f"\n{capability}")
-    print(f"{'variant':<8} {'dtype':<9} {'compile':<8} {'s/frame med':>11} {'min':>7} {'max':>7} "
-          f"{'TFLOP/frame':>11} {'GFLOP/s':>8} {'of matmul':>9} {'peak RSS GiB':>12}")
+    print(f"{'variant':<8} {'dtype':<9} {'compile':<8} {'convs':<13} {'threads':>7} {'s/frame med':>11} {'min':>7} "
+          f"{'max':>7} {'TFLOP/frame':>11} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'of matmul':>9} {'peak RSS GiB':>12}")
     for row in rows:
-        flop = flops.get(row["variant"])
-        rate = flop / row["median"] if flop else float("nan")
-        print(f"{row['variant']:<8} {row['dtype']:<9} {'on' if row['compiled'] else 'off':<8} {row['median']:>11.2f} "
-              f"{row['min']:>7.2f} {row['max']:>7.2f} {(flop or float('nan')) / 1e12:>11.3f} {rate / 1e9:>8.0f} "
-              f"{rate / rates[row['dtype']]:>9.0%} {row['rss']:>12.2f}")
+        flop = flops[row["variant"]]
+        rate = flop / row["median"]
+        convs = "channels_last" if row["channels_last"] else "contiguous"
+        print(f"{row['variant']:<8} {row['dtype']:<9} {'on' if row['compiled'] else 'off':<8} {convs:<13} "
+              f"{row['threads']:>7} {row['median']:>11.2f} {row['min']:>7.2f} {row['max']:>7.2f} {flop / 1e12:>11.3f} "
+              f"{rate / 1e9:>8.0f} {row['matmul'] / 1e9:>14.0f} {rate / row['matmul']:>9.0%} {row['rss']:>12.2f}")
     print(f"({args.width}x{args.height}, {args.humans} forced detections, {args.warmup} warm-up + {args.frames} "
-          f"timed frames; 'of matmul' = achieved FLOP/s / the 4096^3 matmul rate in the same dtype)")
+          f"timed frames; 'matmul': a 4096^3 matmul in the row's dtype (int8: float32) with its threads, measured\n"
+          f"just before its frames; 'of matmul' = achieved FLOP/s / that rate)")
 
 
 if __name__ == "__main__":
