@@ -1,9 +1,13 @@
-"""Suite-wide setup: every test process talks DDS on loopback only, in its own domain."""
+"""Suite-wide setup: every test process talks DDS on loopback only, in its own domain; tests
+whose module imports ROS 2 carry the ``ros`` mark."""
 
+import ast
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -20,3 +24,52 @@ apply_loopback_env(domain_id=1 + os.getpid() % 100)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="h3r_test_hf_home_")
+
+
+# ROS 2 itself: a test module that imports any of these, directly or through the package's or
+# the suite's own modules, runs against the ROS 2 distribution. The others are pure
+# PyTorch/NumPy and give the same result on every distribution.
+_ROS_ROOTS = ("rclpy", "launch", "launch_ros", "launch_testing", "launch_pytest", "ros2cli", "rosbags",
+              "builtin_interfaces", "rcl_interfaces", "h3r_ros.msg", "h3r_ros.dds_env")
+_TEST_DIR = Path(__file__).resolve().parent
+
+
+def _source(name: str) -> Path | None:
+    """The file of a module of this repository (package or test helper), if it is one."""
+    base = REPO_ROOT if name.split(".")[0] == "h3r_ros" else _TEST_DIR
+    stem = base.joinpath(*name.split("."))
+    for path in (stem.with_suffix(".py"), stem / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports_ros(path: Path, seen: set[Path]) -> bool:
+    seen.add(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0].endswith("_msgs") or any(name == r or name.startswith(r + ".") for r in _ROS_ROOTS):
+                return True
+            source = _source(name)
+            if source is not None and source not in seen and _imports_ros(source, seen):
+                return True
+    return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ros: the test's module imports ROS 2 (it runs on every distribution)")
+
+
+def pytest_collection_modifyitems(config, items):
+    verdicts = {}
+    for item in items:
+        if item.path not in verdicts:
+            verdicts[item.path] = _imports_ros(item.path, set())
+        if verdicts[item.path]:
+            item.add_marker(pytest.mark.ros)

@@ -57,3 +57,25 @@ def test_system_keys_resolve_on_ubuntu_noble(key):
     if isinstance(ubuntu, dict) and "pip" not in ubuntu:
         ubuntu = ubuntu.get("noble", ubuntu.get("*"))
     assert ubuntu, f"{key} does not resolve on Ubuntu 24.04: {rule}"
+
+
+# What the tests without the "ros" mark load (test/conftest.py): on the second distribution
+# they are skipped, which is only sound while both locks pin these alike.
+NUMERICAL_STACK = ("torch", "numpy", "smplx", "roma", "safetensors", "pillow", "omegaconf", "opencv-python-headless",
+                   "huggingface_hub", "pytest")
+
+
+def _pins(lock: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO / lock).read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[name.strip().lower()] = version.split(";")[0].strip()
+    return pins
+
+
+def test_both_distributions_pin_the_numerical_stack_alike():
+    kilted, jazzy = _pins("requirements.lock"), _pins("requirements-jazzy.lock")
+    for name in NUMERICAL_STACK:
+        assert name in kilted, f"{name} is not pinned in requirements.lock"
+        assert kilted[name] == jazzy.get(name), f"{name}: {kilted[name]} (Kilted) vs {jazzy.get(name)} (Jazzy)"
