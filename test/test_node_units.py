@@ -437,6 +437,22 @@ def test_compile_compiles_for_the_configured_frame_size_at_configure(monkeypatch
         torch._dynamo.reset()
 
 
+def test_a_failing_compile_fails_configure_with_how_to_run_without_it(monkeypatch):
+    compile_stages = Human3R.compile_fixed_shape_stages
+
+    def no_compiler(_graph, _example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(Human3R, "compile_fixed_shape_stages",
+                        lambda model: compile_stages(model, backend=no_compiler))
+    try:
+        expected = r"(?s)compile failed for 640x480 frames.*no C\+\+ compiler.*set compile to false"
+        with pytest.raises(LoadError, match=expected):
+            load_engine(settings_for(tiny_assets().parameters(compile=True)))
+    finally:
+        torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------ diagnostics
 
 def test_diagnostics_levels_and_values():

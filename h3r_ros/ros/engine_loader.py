@@ -180,8 +180,13 @@ def load_engine(settings) -> LoadedEngine:
     engine = Human3REngine(model, config, body_model)
     warm_up = ""
     if settings.compile:
-        seconds = engine.warm_up(settings.compile_image_width, settings.compile_image_height)
-        warm_up = f", compiled for {settings.compile_image_width}x{settings.compile_image_height} in {seconds:.0f} s"
+        size = f"{settings.compile_image_width}x{settings.compile_image_height}"
+        try:
+            seconds = engine.warm_up(settings.compile_image_width, settings.compile_image_height)
+        except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported op, ...
+            raise LoadError(f"compile failed for {size} frames ({type(exc).__name__}: {exc}); "
+                            "set compile to false to run the model uncompiled") from exc
+        warm_up = f", compiled for {size} in {seconds:.0f} s"
     faces = None if body_model is None else body_model.faces.detach().cpu().numpy().astype(np.int64)
     bodies = "no SMPL-X: people without bodies" if body_model is None else "SMPL-X bodies"
     details = f"{precision.dtype}, CPU threads {torch.get_num_threads()}{warm_up}"
