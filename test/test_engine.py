@@ -300,6 +300,19 @@ def test_warm_up_compiles_the_fixed_shape_stages_once_and_leaves_a_fresh_world(t
         torch._dynamo.reset()
 
 
+def test_warm_up_leaves_no_trace_even_when_grey_frames_have_people(tiny):
+    fx, model = tiny
+    config = EngineConfig(size=160, reset_interval=0, det_threshold=0.0, max_humans=2)  # every cell fires
+    frame = _frames(fx)[0]
+    warmed, fresh = Human3REngine(model, config), Human3REngine(model, config)
+    warmed.warm_up(frame.shape[1], frame.shape[0])
+    a, b = warmed.step(frame), fresh.step(frame)
+    assert (a.index, a.reset) == (0, True)
+    assert [p.track_id for p in a.people] == [p.track_id for p in b.people] == [0, 1]
+    np.testing.assert_array_equal(a.cam_to_world, b.cam_to_world)
+    np.testing.assert_array_equal(a.points_world, b.points_world)
+
+
 def test_dense_head_convolutions_run_in_channels_last(tiny):
     fx, model = tiny
     engine = Human3REngine(model, EngineConfig(size=160, reset_interval=0))

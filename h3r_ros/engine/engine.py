@@ -11,7 +11,7 @@ across segments so the world stays continuous.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import roma
@@ -199,8 +199,13 @@ class Human3REngine:
         workspaces before the first real frame. Returns the seconds it took."""
         start = time.perf_counter()
         grey = np.full((height, width, 3), 128, np.uint8)
-        for _ in range(frames):
-            self.step(grey)
+        config = self.config
+        self.config = replace(config, max_humans=0)  # no detections: no track id is used up
+        try:
+            for _ in range(frames):
+                self.step(grey)
+        finally:
+            self.config = config
         self.reset()
         self._frame_index = 0
         return time.perf_counter() - start
