@@ -4,6 +4,7 @@ output. Invalid images are dropped and counted; exceptions injected into callbac
 logged with their traceback while the node keeps spinning.
 """
 
+import math
 import struct
 import time
 import zlib
@@ -16,10 +17,11 @@ from lifecycle_msgs.msg import Transition
 from ros_helpers import image_msg, stamp_key, stamp_of, wait_until
 from sensor_msgs.msg import CameraInfo, CompressedImage
 from std_srvs.srv import Trigger
-from test_node_topics import CAMERA, STEP_TIMEOUT, Rig
+from test_node_topics import CAMERA, FOCAL, STEP_TIMEOUT, Rig, camera_info, focal_after
 
 BAD = "bad messages (total)"
 OUT_OF_ORDER = "out-of-order frames dropped (total)"
+IGNORED_INFO = "camera_info messages ignored (total)"
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +117,16 @@ def test_images_above_max_image_pixels_are_refused(rig):
     [float("inf"), 0, 160, 0, 400, 90, 0, 0, 1],
     [-400.0, 0, 160, 0, 400, 90, 0, 0, 1],
 ])
-def test_bad_camera_info_is_ignored(rig, k):
-    info = CameraInfo(width=0, height=2**31, k=k, d=[float("nan")] * 1000)
+def test_bad_camera_info_is_counted_and_the_last_valid_one_stays(rig, k):
+    focal = focal_after(rig, camera_info(), lambda f: not math.isnan(f))
+    assert not math.isnan(focal)
+    before = rig.counter(IGNORED_INFO)
+    info = CameraInfo(width=320, height=180, k=k, d=[float("nan")] * 1000)
     info.header.frame_id = " "
-    assert wait_until(lambda: rig.info_pub.get_subscription_count() > 0, 10.0)
     rig.info_pub.publish(info)
-    time.sleep(0.1)
+    assert wait_until(lambda: rig.counter(IGNORED_INFO) == before + 1, 10.0)
     good_frame_follows(rig)
-    assert rig.diagnostics()["camera_info focal (px, model input)"] == "nan"
+    assert float(rig.diagnostics()[FOCAL]) == focal
 
 
 def test_small_backwards_jitter_is_dropped_and_a_large_jump_resets_once(rig):

@@ -45,6 +45,7 @@ from h3r_ros.ros.node import Human3RNode
 CAMERA = "camera_optical"
 STEP_TIMEOUT = 120.0  # s; generous: the CPU is shared with other test processes
 TOL = dict(rtol=1e-4, atol=1e-4)
+FOCAL = "camera_info focal (px, model input)"
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -404,20 +405,31 @@ def test_diagnostics_report_rates_drops_latency_stages_and_model_state(rig):
     assert {"time model (ms)", "time total (ms)", "time publish (ms)"} <= stages
 
 
-def test_camera_info_is_validated(rig):
-    info = CameraInfo(width=320, height=180, k=[0.0] * 9)
+def camera_info(width: int = 320, height: int = 180) -> CameraInfo:
+    """A valid camera_info for the test frames (320 x 180) unless resized."""
+    info = CameraInfo(width=width, height=height, k=[400.0, 0.0, 160.0, 0.0, 400.0, 90.0, 0.0, 0.0, 1.0])
     info.header.frame_id = CAMERA
+    return info
+
+
+def focal_after(rig, info: CameraInfo, settled) -> float:
+    """The camera_info focal the node reports after ``info``. Delivery races the frames, so
+    publish and step again until ``settled(focal)`` or five tries."""
     assert wait_until(lambda: rig.info_pub.get_subscription_count() > 0, 10.0)
-    rig.info_pub.publish(info)
-    time.sleep(0.3)
-    rig.send_frame(0)
-    assert rig.diagnostics()["camera_info focal (px, model input)"] == "nan"
-    info.k = [400.0, 0.0, 160.0, 0.0, 400.0, 90.0, 0.0, 0.0, 1.0]
-    rig.info_pub.publish(info)
-    time.sleep(0.3)
-    rig.send_frame(1)
-    focal = float(rig.diagnostics()["camera_info focal (px, model input)"])
-    assert math.isclose(focal, 400.0 * 160 / 320, rel_tol=1e-6)
+    for index in range(5):
+        rig.info_pub.publish(info)
+        rig.send_frame(index % 2)
+        focal = float(rig.diagnostics()[FOCAL])
+        if settled(focal):
+            break
+    return focal
+
+
+def test_camera_info_focal_is_reported_in_model_input_pixels(rig):
+    focal = focal_after(rig, camera_info(), lambda f: not math.isnan(f))
+    assert math.isclose(focal, 400.0 * 160 / 320, rel_tol=1e-6)  # the model input is 160 px wide
+    # A camera_info for another resolution says nothing about these images.
+    assert math.isnan(focal_after(rig, camera_info(640, 360), math.isnan))
 
 
 def test_vertices_and_meshes_on_request(rig):

@@ -17,8 +17,9 @@ DROPPED = "dropped"  # valid frames replaced by a newer one before inference sta
 STALE = "stale"  # frames skipped because older than max_image_age
 BAD = "bad_messages"  # invalid messages (layout, size, stamp, frame id)
 OUT_OF_ORDER = "out_of_order"  # frames stamped slightly before the previous one
+BAD_INFO = "bad_camera_info"  # camera_info messages with an unusable K
 ERRORS = "errors"  # exceptions while processing a frame
-COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, ERRORS)
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS)
 NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
 
 
@@ -134,6 +135,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         "stale frames skipped (total)": str(window.totals[STALE]),
         "bad messages (total)": str(window.totals[BAD]),
         "out-of-order frames dropped (total)": str(window.totals[OUT_OF_ORDER]),
+        "camera_info messages ignored (total)": str(window.totals[BAD_INFO]),
         "failed frames (total)": str(window.totals[ERRORS]),
         "processed frames (total)": str(window.totals[PROCESSED]),
         "stamp age at publication, last (ms)": _ms(window.last_age),

@@ -58,7 +58,7 @@ from h3r_ros.engine.preprocess import crop_geometry
 from h3r_ros.engine.track_motion import LOST, TrackMotion
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, hri_bodies, parameters
-from h3r_ros.ros.diagnostics import BAD, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
+from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine
 from h3r_ros.ros.image_decoding import (
     ImageDecodeError,
@@ -470,7 +470,8 @@ class Human3RNode(LifecycleNode):
         if conversions.valid_intrinsics(msg.k):
             self._camera_info = msg
             return
-        self._camera_info = None
+        # Dropped like any bad input: the last valid camera_info stays in use.
+        self._stats.count(BAD_INFO)
         self.get_logger().warning(
             "camera_info has an invalid K (all zero: uncalibrated camera?); ignoring it",
             throttle_duration_sec=30.0,
