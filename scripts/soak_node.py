@@ -2,6 +2,7 @@
 """Soak run: many frames through the node (tiny random model), every output subscribed.
 
     .venv/bin/python scripts/soak_node.py [--frames 10000] [--warmup 500] [--bad-every 100]
+        [--path-max-poses 2000] [--map-max-points 200000]
 
 The node runs as its own process (``python -m h3r_ros.ros.node_main``) with meshes, vertices
 and per-body TF on, so every structure it keeps is exercised; this process publishes one
@@ -48,6 +49,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=500, help="frames before the RSS slope is measured")
     parser.add_argument("--bad-every", type=int, default=100, help="send a broken message every N frames (0: never)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s to wait for one frame's output")
+    # Small bounds fill within the warm-up, so a shorter run measures memory with every structure full.
+    parser.add_argument("--path-max-poses", type=int, default=2000)
+    parser.add_argument("--map-max-points", type=int, default=200_000)
     args = parser.parse_args()
     apply_loopback_env(domain_id=1 + os.getpid() % 100)
 
@@ -62,7 +66,8 @@ def main() -> int:
 
     assets = tiny_assets()
     params = assets.parameters(publish_mesh=True, publish_vertices=True, publish_body_tf=True,
-                               diagnostics_period=1.0, path_max_poses=2000, map_max_points=200_000)
+                               diagnostics_period=1.0, path_max_poses=args.path_max_poses,
+                               map_max_points=args.map_max_points)
     command = [sys.executable, "-m", "h3r_ros.ros.node_main", "--ros-args", "-r", f"__node:={NODE}"]
     for key, value in params.items():
         command += ["-p", f"{key}:={str(value).lower() if isinstance(value, bool) else value}"]
