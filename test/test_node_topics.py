@@ -129,8 +129,9 @@ class Rig:
     def counter(self, key: str) -> int:
         return int(self.diagnostics()[key])
 
-    def wrap_engine_step(self):
-        """Record (duration, engine config) of every step the node runs."""
+    def wrap_engine_step(self, min_seconds: float = 0.0):
+        """Record (duration, engine config) of every step the node runs; each step takes at
+        least ``min_seconds`` (a slow engine on any CPU)."""
         engine = self.node._loaded.engine
         original = engine.step
         calls = []
@@ -138,6 +139,7 @@ class Rig:
         def step(rgb, stamp):
             start = time.monotonic()
             result = original(rgb, stamp)
+            time.sleep(max(0.0, start + min_seconds - time.monotonic()))
             calls.append((time.monotonic() - start, engine.config))
             return result
 
@@ -478,7 +480,7 @@ def test_outputs_without_subscribers_are_not_computed(rig):
 
 
 def test_fast_camera_and_slow_engine_keep_latency_bounded_and_count_drops(rig):
-    calls, restore = rig.wrap_engine_step()
+    calls, restore = rig.wrap_engine_step(min_seconds=0.15)  # <= 7 Hz against a 50 Hz camera
     humans = rig.out["humans"]
     humans.clear()
     before = rig.diagnostics()
