@@ -2,6 +2,7 @@
 whose module imports ROS 2 carry the ``ros`` mark."""
 
 import ast
+import importlib.util
 import os
 import sys
 import tempfile
@@ -44,7 +45,17 @@ def _source(name: str) -> Path | None:
     return None
 
 
-def _imports_ros(path: Path, seen: set[Path]) -> bool:
+def _is_ros(name: str) -> bool:
+    return name.split(".")[0].endswith("_msgs") or any(name == r or name.startswith(r + ".") for r in _ROS_ROOTS)
+
+
+def _is_tf2(name: str) -> bool:
+    return name.split(".")[0] in ("tf2_msgs", "tf2_ros")
+
+
+def _imports(path: Path, seen: set[Path], wanted, package: bool = True) -> bool:
+    """Whether the module at ``path`` imports a ``wanted`` module, itself or through the
+    suite's helpers (and, with ``package``, through this package's modules)."""
     seen.add(path)
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -54,10 +65,10 @@ def _imports_ros(path: Path, seen: set[Path]) -> bool:
         else:
             continue
         for name in names:
-            if name.split(".")[0].endswith("_msgs") or any(name == r or name.startswith(r + ".") for r in _ROS_ROOTS):
+            if wanted(name):
                 return True
-            source = _source(name)
-            if source is not None and source not in seen and _imports_ros(source, seen):
+            source = _source(name) if package or name.split(".")[0] != "h3r_ros" else None
+            if source is not None and source not in seen and _imports(source, seen, wanted, package):
                 return True
     return False
 
@@ -66,10 +77,29 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ros: the test's module imports ROS 2 (it runs on every distribution)")
 
 
+class _NeedsTf2(pytest.Module):
+    """A test module that imports tf2, collected where tf2 is missing: skipped with the
+    reason (failed under CI=true) instead of an import error."""
+
+    def collect(self):
+        from ros_tools import require_modules
+
+        require_modules("tf2_msgs.msg", "tf2_ros")
+        return super().collect()
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    # The package itself runs without tf2 (no /tf); the tests that read /tf cannot.
+    missing = any(importlib.util.find_spec(name) is None for name in ("tf2_msgs", "tf2_ros"))
+    if missing and _imports(module_path, set(), _is_tf2, package=False):
+        return _NeedsTf2.from_parent(parent, path=module_path)
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     verdicts = {}
     for item in items:
         if item.path not in verdicts:
-            verdicts[item.path] = _imports_ros(item.path, set())
+            verdicts[item.path] = _imports(item.path, set(), _is_ros)
         if verdicts[item.path]:
             item.add_marker(pytest.mark.ros)

@@ -15,8 +15,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from ros_tools import require_modules
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-from tf2_msgs.msg import TFMessage
 
 from h3r_ros.msg import Human, HumanArray
 
@@ -172,15 +172,28 @@ def generated_type_hash(package: str, name: str) -> str:
 
 
 def test_type_hashes_match_an_independent_implementation():
-    """rosidl's hashes (what DDS matches on) equal rosbags' for the same definitions,
-    and the stand-in tf2_msgs/TFMessage equals the official Jazzy definition."""
+    """rosidl's hashes (what DDS matches on) equal rosbags' for the same definitions."""
     store = package_typestore()
     for name in ("Human", "HumanArray"):
         assert generated_type_hash("h3r_ros", name) == store.hash_rihs01(f"h3r_ros/msg/{name}")
+
+
+def test_tf2_msgs_is_the_real_package_with_the_official_hash():
+    """The environment's tf2_msgs is geometry2's (its services and actions too, which no
+    stand-in would carry), and /tf's type hash is the official Jazzy one."""
+    require_modules("tf2_msgs.msg")
+    from tf2_msgs.action import LookupTransform
+    from tf2_msgs.srv import FrameGraph
+
+    assert LookupTransform.Goal().target_frame == "" and hasattr(FrameGraph.Response(), "frame_yaml")
+    store = get_typestore(Stores.ROS2_JAZZY)
     assert generated_type_hash("tf2_msgs", "TFMessage") == store.hash_rihs01("tf2_msgs/msg/TFMessage")
 
 
 def test_mcap_bag_roundtrip_with_rosbags(tmp_path):
+    require_modules("tf2_msgs.msg")
+    from tf2_msgs.msg import TFMessage
+
     store = package_typestore()
     humans = [make_humans_msg(n_people=k, n_vertices=5 * k, seed=k) for k in range(3)]
     tf = TFMessage(transforms=[TransformStamped()])

@@ -22,10 +22,14 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from h3r_ros.msg import HumanArray
+
+try:
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # without tf2 the node publishes no /tf (h3r_ros.ros.node)
+    TFMessage = None
 
 PACKAGE = "h3r_ros"
 
@@ -49,8 +53,10 @@ OUTPUTS = (
     Topic("/depth/image", Image, "sensor_msgs/msg/Image"),
     Topic("/depth/camera_info", CameraInfo, "sensor_msgs/msg/CameraInfo"),
     Topic("/estimated_camera_info", CameraInfo, "sensor_msgs/msg/CameraInfo"),
-    Topic("/tf", TFMessage, "tf2_msgs/msg/TFMessage", depth=100),
-    Topic("/tf_static", TFMessage, "tf2_msgs/msg/TFMessage", latched=True, depth=1),
+    *(() if TFMessage is None else (
+        Topic("/tf", TFMessage, "tf2_msgs/msg/TFMessage", depth=100),
+        Topic("/tf_static", TFMessage, "tf2_msgs/msg/TFMessage", latched=True, depth=1),
+    )),
     Topic("/diagnostics", DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray"),
 )
 # What the demo itself publishes, written to the bag so it replays on its own.
@@ -113,7 +119,7 @@ def _header_stamp(msg) -> int | None:
     """The message's source-image stamp, where it has one."""
     if hasattr(msg, "header"):
         return stamp_ns(msg.header.stamp)
-    if isinstance(msg, TFMessage) and msg.transforms:
+    if TFMessage is not None and isinstance(msg, TFMessage) and msg.transforms:
         return stamp_ns(msg.transforms[0].header.stamp)
     if isinstance(msg, MarkerArray) and msg.markers:
         return stamp_ns(msg.markers[0].header.stamp)

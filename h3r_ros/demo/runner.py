@@ -281,13 +281,15 @@ def main(argv=None) -> int:
 
 def _expected_topics(settings) -> list[str]:
     """Per-frame outputs the node publishes with the image stamp under these settings."""
+    from h3r_ros.demo.recorder import TFMessage
+
     wanted = {
         "/cloud": settings.publish_cloud,
         "/camera_path": settings.publish_path,
         "/depth/image": settings.publish_depth,
         "/depth/camera_info": settings.publish_depth,
         "/estimated_camera_info": settings.publish_camera_info,
-        "/tf": settings.tf_mode != "none",
+        "/tf": settings.tf_mode != "none" and TFMessage is not None,
         "/map_cloud": settings.publish_map and settings.map_publish_period == 0.0,
     }
     return ["/humans"] + [topic for topic, on in wanted.items() if on]

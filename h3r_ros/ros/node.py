@@ -50,8 +50,12 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
-from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
+
+try:
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # ROS 2 from PyPI wheels alone has no tf2: the node runs without /tf
+    TFMessage = None
 
 from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.preprocess import crop_geometry
@@ -281,10 +285,13 @@ class Human3RNode(LifecycleNode):
         self.get_logger().info(f"precision {self._loaded.precision.dtype}: {self._loaded.precision.reason}")
         if self._loaded.warning:
             self.get_logger().warning(self._loaded.warning)
+        if TFMessage is None:
+            self.get_logger().warning("tf2_msgs is not installed: no /tf is published (tf_mode and body frames "
+                                      "have no effect); install ros-<distro>-tf2-msgs for TF")
 
         self._outputs = _Outputs(
             humans=self.create_lifecycle_publisher(HumanArray, "humans", _EVENT_QOS),
-            tf=self.create_lifecycle_publisher(TFMessage, "/tf", _TF_QOS),
+            tf=None if TFMessage is None else self.create_lifecycle_publisher(TFMessage, "/tf", _TF_QOS),
             cloud=self.create_lifecycle_publisher(PointCloud2, "cloud", _FRAME_QOS),
             map=self.create_lifecycle_publisher(PointCloud2, "map_cloud", _LATCHED_QOS),
             markers=self.create_lifecycle_publisher(MarkerArray, "markers", _EVENT_QOS),
@@ -385,7 +392,8 @@ class Human3RNode(LifecycleNode):
     def _release(self) -> None:
         if self._outputs is not None:
             for publisher in vars(self._outputs).values():
-                self.destroy_lifecycle_publisher(publisher)
+                if publisher is not None:
+                    self.destroy_lifecycle_publisher(publisher)
             self._outputs = None
         if self._hri is not None:
             self._hri.close()
@@ -650,7 +658,7 @@ class Human3RNode(LifecycleNode):
             transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
         if self._hri is not None:
             transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
-        if transforms:
+        if transforms and out.tf is not None:
             out.tf.publish(TFMessage(transforms=transforms))
         if wanted.humans:
             out.humans.publish(
