@@ -1,6 +1,7 @@
-"""The launch file's arguments through the real `ros2 launch` (declared set, defaults, rejected
-values), its params file against the node, and rviz/human3r.rviz against RViz 2's plugin list
-(rviz_default_plugins' plugins_description.xml, vendored)."""
+"""The launch file's arguments through the real `ros2 launch` (declared set: its own and every
+node parameter; defaults; rejected values and names), its params file against the node, and
+rviz/human3r.rviz against RViz 2's plugin list (rviz_default_plugins' plugins_description.xml,
+vendored)."""
 
 import importlib.util
 import subprocess
@@ -14,11 +15,8 @@ from ros_tools import LAUNCH_TOOLS, REPO, require_modules, ros2_executable, tool
 LAUNCH_FILE = REPO / "launch" / "human3r.launch.py"
 RVIZ_FILE = REPO / "rviz" / "human3r.rviz"
 PARAMS_FILE = REPO / "config" / "human3r.yaml"
-EXPECTED_ARGUMENTS = {
-    "namespace", "params_file", "use_sim_time", "image_topic", "camera_info_topic",
-    "compressed_input", "checkpoint", "smplx_dir", "device", "world_frame", "camera_frame",
-    "tf_mode", "autostart", "rviz",
-}
+# The launch file's own arguments; every node parameter is one too.
+OWN_ARGUMENTS = {"namespace", "params_file", "use_sim_time", "image_topic", "camera_info_topic", "rviz"}
 # Section of the RViz config -> the plugin base class its entries must have.
 RVIZ_BASES = {"Displays": "rviz_common::Display", "Tools": "rviz_common::Tool",
               "Views": "rviz_common::ViewController"}
@@ -30,26 +28,40 @@ def _ros2_launch(*args: str, timeout: float = 120.0) -> subprocess.CompletedProc
                           timeout=timeout)
 
 
-def test_show_args_lists_every_argument_with_relative_input_defaults():
+def test_show_args_lists_every_argument_and_parameter_with_its_default():
+    from h3r_ros.ros.parameters import documented_defaults
+
     result = _ros2_launch("h3r_ros", "human3r.launch.py", "--show-args")
     assert result.returncode == 0, result.stderr
     declared = {line.strip().strip("':") for line in result.stdout.splitlines() if line.startswith("    '")}
-    assert declared == EXPECTED_ARGUMENTS
+    assert declared == OWN_ARGUMENTS | set(documented_defaults())
+    blocks = {block.split("'", 2)[1]: block for block in result.stdout.split("\n\n")[1:]}
     for name, default in (("image_topic", "image"), ("camera_info_topic", "camera_info"), ("rviz", "false")):
-        block = result.stdout.split(f"'{name}':", 1)[1]
-        assert f"(default: '{default}')" in block.split("\n\n", 1)[0], block[:300]
+        assert f"(default: '{default}')" in blocks[name], blocks[name]
+    for name, (default, description) in documented_defaults().items():
+        text = " ".join(blocks[name].split())
+        assert " ".join(description.split()) in text and f"node default {default!r}" in text, text
+        assert "(default: '')" in text  # unset: the params file decides
 
 
-@pytest.mark.parametrize("argument, message", [
-    ("tf_mode:=map_to_odom", "Valid options are: ['', 'world_to_camera', 'camera_to_world', 'none']"),
-    ("rviz:=maybe", "launch argument rviz:='maybe' is not a boolean"),
+@pytest.mark.parametrize("arguments, message", [
+    (["tf_mode:=map_to_odom"], "Valid options are: ['', 'world_to_camera', 'camera_to_world', 'none']"),
+    (["rviz:=maybe"], "launch argument rviz:='maybe' is not a boolean"),
+    (["publish_hri_bodies:=maybe"], "launch argument publish_hri_bodies:='maybe' is not a boolean"),
+    (["input_size:=1.5"], "launch argument input_size:='1.5' is not an integer (parameter input_size, default 512)"),
+    (["track_timeout:=soon"], "launch argument track_timeout:='soon' is not a number"),
+    (["input_size:=160", "publish_hri_body:=true", "inputsize:=160"],
+     "unknown launch argument(s) inputsize, publish_hri_body: neither a launch argument nor a parameter"),
 ])
-def test_a_bad_argument_is_rejected_before_anything_starts(argument, message):
-    result = _ros2_launch(str(LAUNCH_FILE), argument)
+def test_a_bad_argument_is_rejected_before_anything_starts(arguments, message):
+    result = _ros2_launch(str(LAUNCH_FILE), *arguments)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output
     assert "process started" not in output
+    if "unknown" in message:
+        valid = output.split("Valid names: ", 1)[1].split()
+        assert {"namespace,", "rviz,", "input_size,", "publish_hri_bodies,"} <= set(valid), valid
 
 
 def _launch_module():
@@ -60,17 +72,24 @@ def _launch_module():
     return module
 
 
-def test_params_file_matches_the_node_and_the_forwarded_arguments():
-    """The params file applies under the launched node's name in any namespace, and every
-    launch argument forwarded as a parameter is one the node declares."""
+def test_params_file_matches_the_node():
+    """The params file applies under the launched node's name in any namespace and sets only
+    parameters the node declares."""
     from h3r_ros.ros.parameters import documented_defaults
 
     module = _launch_module()
     params = yaml.safe_load(PARAMS_FILE.read_text())
     assert list(params) == ["/**/" + module.NODE_NAME]
-    node_params = params["/**/" + module.NODE_NAME]["ros__parameters"]
-    forwarded = set(module.STRING_OVERRIDES) | set(module.BOOL_OVERRIDES)
-    assert forwarded <= set(node_params) <= set(documented_defaults())
+    assert set(params["/**/" + module.NODE_NAME]["ros__parameters"]) <= set(documented_defaults())
+
+
+@pytest.mark.parametrize("text, default, value", [
+    ("160", 512, 160), ("true", False, True), ("Off", True, False), ("5", 1.0, 5.0), ("2.5e-1", 1.0, 0.25),
+    ("cpu", "auto", "cpu"), ("42", "", "42"),
+])
+def test_parameter_arguments_take_the_parameter_type(text, default, value):
+    converted = _launch_module().parameter_value("name", text, default)
+    assert converted == value and type(converted) is type(default)
 
 
 def _rviz_plugins() -> dict[str, set[str]]:
