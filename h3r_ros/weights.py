@@ -66,9 +66,18 @@ def checkpoint_filename(variant: str) -> str:
 
 
 def default_dest() -> Path:
-    """models/ of the source checkout (where the node looks first), else ./models."""
+    """Where the node looks: models/ of the source checkout, else the installed package's
+    share/h3r_ros/models (the build links it to models/ of the sources), else ./models."""
     checkout = Path(__file__).resolve().parents[1]
-    return checkout / "models" if (checkout / "package.xml").is_file() else Path("models")
+    if (checkout / "package.xml").is_file():
+        return checkout / "models"
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("h3r_ros")) / "models"
+    except (ImportError, LookupError, OSError):  # no ament index, package not installed
+        return Path("models")
+    return installed if installed.is_dir() else Path("models")
 
 
 def fetch_command(variant: str = DEFAULT_VARIANT) -> str:
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = sub.add_parser("fetch", help="download, verify and convert a released checkpoint")
     cmd.add_argument("--variant", default=DEFAULT_VARIANT, choices=VARIANTS,
                      help=f"which checkpoint (default {DEFAULT_VARIANT}, the smallest and fastest)")
-    cmd.add_argument("--dest", type=Path, help="destination folder (default: models/ of this checkout)")
+    cmd.add_argument("--dest", type=Path, help="destination folder (default: where the node looks, models/ of the sources)")
     cmd.add_argument("--revision", default="main", help="Hub revision: branch, tag or commit (default main)")
     cmd.add_argument("--keep-pth", action="store_true",
                      help="also keep the original .pth beside the converted pair (twice the disk space)")
