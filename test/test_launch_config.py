@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -81,6 +82,17 @@ def test_params_file_matches_the_node():
     params = yaml.safe_load(PARAMS_FILE.read_text())
     assert list(params) == ["/**/" + module.NODE_NAME]
     assert set(params["/**/" + module.NODE_NAME]["ros__parameters"]) <= set(documented_defaults())
+
+
+@pytest.mark.parametrize("argv, configurations, unknown", [
+    (["input_size:=160", "bogus:=1"], {"input_size": "160", "bogus": "1", "rviz": "false"}, ["bogus"]),
+    # Included from a file that passes on only its own arguments (GroupAction, forwarding=False).
+    (["robot:=r1"], {"image_topic": "cam", "rviz": "false"}, []),
+    (["launch-prefix:=gdb"], {"launch-prefix": "gdb"}, []),
+])
+def test_unknown_names_are_the_command_line_ones_that_reach_the_file(argv, configurations, unknown):
+    context = SimpleNamespace(argv=argv, launch_configurations=configurations)
+    assert _launch_module().unknown_arguments(context, {"input_size", "image_topic", "rviz"}) == unknown
 
 
 @pytest.mark.parametrize("text, default, value", [
