@@ -53,11 +53,20 @@ def _is_tf2(name: str) -> bool:
     return name.split(".")[0] in ("tf2_msgs", "tf2_ros")
 
 
-def _imports(path: Path, seen: set[Path], wanted, package: bool = True) -> bool:
+def _statements(tree: ast.AST, module_level: bool):
+    """Every node of ``tree``; with ``module_level``, none inside functions or classes."""
+    for node in ast.iter_child_nodes(tree):
+        yield node
+        if not (module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))):
+            yield from _statements(node, module_level)
+
+
+def _imports(path: Path, seen: set[Path], wanted, package: bool = True, module_level: bool = False) -> bool:
     """Whether the module at ``path`` imports a ``wanted`` module, itself or through the
-    suite's helpers (and, with ``package``, through this package's modules)."""
+    suite's helpers (and, with ``package``, through this package's modules); with
+    ``module_level``, only imports that run when the module is imported."""
     seen.add(path)
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _statements(ast.parse(path.read_text()), module_level):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -68,7 +77,7 @@ def _imports(path: Path, seen: set[Path], wanted, package: bool = True) -> bool:
             if wanted(name):
                 return True
             source = _source(name) if package or name.split(".")[0] != "h3r_ros" else None
-            if source is not None and source not in seen and _imports(source, seen, wanted, package):
+            if source is not None and source not in seen and _imports(source, seen, wanted, package, module_level):
                 return True
     return False
 
@@ -91,7 +100,7 @@ class _NeedsTf2(pytest.Module):
 def pytest_pycollect_makemodule(module_path, parent):
     # The package itself runs without tf2 (no /tf); the tests that read /tf cannot.
     missing = any(importlib.util.find_spec(name) is None for name in ("tf2_msgs", "tf2_ros"))
-    if missing and _imports(module_path, set(), _is_tf2, package=False):
+    if missing and _imports(module_path, set(), _is_tf2, package=False, module_level=True):
         return _NeedsTf2.from_parent(parent, path=module_path)
     return None
 

@@ -139,7 +139,7 @@ def test_ros2_run_and_topic_echo_after_activate(tmp_path):
     ros = RosHarness()
     try:
         wait_active(ACTIVATE, env, node)
-        echo = Shell(f"{ACTIVATE}\nexec ros2 topic echo /humans --once --no-daemon", env, tmp_path / "echo.log")
+        echo = Shell(f"{ACTIVATE}\nexec ros2 topic echo /humans --once --no-daemon --spin-time 3", env, tmp_path / "echo.log")
         images = ros.probe.create_publisher(Image, "image", 10)
         frame = tiny_assets().frames[0]
         deadline = time.monotonic() + STEP_TIMEOUT
