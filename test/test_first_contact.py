@@ -32,7 +32,7 @@ from ros_tools import LAUNCH_TOOLS, REPO, require_modules
 
 require_modules(*LAUNCH_TOOLS, "ros2interface", "ros2run")
 
-from ros_helpers import RosHarness, image_msg, synthetic_frames, tiny_assets, write_tiny_checkpoint  # noqa: E402
+from ros_helpers import RosHarness, image_msg, tiny_assets  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from h3r_ros import weights  # noqa: E402
@@ -220,7 +220,7 @@ def test_readme_workspace_commands_build_and_source_the_package(workspace):
 def test_launched_node_finds_the_fetched_weights_and_takes_typed_parameter_arguments(workspace, tmp_path):
     ws, env, _ = workspace
     prefix = f"{ACTIVATE} && cd {shlex.quote(str(ws))} && source install/setup.bash"
-    tiny = write_tiny_checkpoint(tmp_path / "human3r_672S.pth", synthetic_frames(4)).read_bytes()
+    tiny = tiny_assets().checkpoint.read_bytes()
     with FakeHub(weights.REPO_ID, {"human3r_672S.pth": tiny}) as hub:
         fetch_env = env | {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         fetch_env.pop("HF_HUB_OFFLINE", None)
