@@ -270,12 +270,6 @@ def depth_camera_info_msg(K: np.ndarray, crop_box, resized_wh, header: Header) -
     return msg
 
 
-def valid_intrinsics(k) -> bool:
-    """A usable camera_info K: positive focal lengths (an all-zero K means 'uncalibrated')."""
-    k = np.asarray(k, dtype=np.float64).reshape(9)
-    return bool(np.isfinite(k).all() and k[0] > 0 and k[4] > 0 and k[8] != 0)
-
-
 def path_pose(cam_to_world: np.ndarray, header: Header) -> PoseStamped:
     return PoseStamped(header=header, pose=pose_msg(cam_to_world[:3, :3], cam_to_world[:3, 3]))
 

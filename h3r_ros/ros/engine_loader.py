@@ -44,6 +44,16 @@ class LoadedEngine:
     description: str  # what was loaded, for logs and diagnostics
     warning: str = ""  # what is missing (SMPL-X), for the configure log
 
+    def device_report(self) -> tuple[str, dict[str, str]]:
+        """The device's name and memory figures, for /diagnostics."""
+        device = self.device
+        if device.type != "cuda":
+            return str(device), {}
+        return f"{device} ({torch.cuda.get_device_name(device)})", {
+            "device memory allocated (MiB)": f"{torch.cuda.memory_allocated(device) / 2**20:.0f}",
+            "device memory peak (MiB)": f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}",
+        }
+
 
 def models_dirs() -> list[Path]:
     """Where '' for checkpoint / smplx_dir looks: models/ of a source checkout, then the
@@ -150,8 +160,13 @@ def _load_body_model(settings, device: torch.device) -> tuple[BodyModel | None, 
     )
 
 
-# torch's own choice (one thread per core), restored when cpu_threads goes back to 0.
+# torch's own choice (one thread per core). The thread count is process-wide: configure sets
+# it from cpu_threads, cleanup puts this back.
 _DEFAULT_CPU_THREADS = torch.get_num_threads()
+
+
+def restore_cpu_threads() -> None:
+    torch.set_num_threads(_DEFAULT_CPU_THREADS)
 
 
 def load_engine(settings) -> LoadedEngine:
