@@ -31,11 +31,12 @@ from h3r_ros.model.converted import (
     FORMAT_NAME,
     FORMAT_VERSION,
     converted_paths,
-    pair_matches,
+    made_from,
     read_converted,
     write_converted,
 )
-from h3r_ros.model.converted import tensor_file_binding as _tensor_file_binding  # noqa: F401 (tests build headers)
+# Hostile-file tests build sidecars with it, under this name.
+from h3r_ros.model.converted import tensor_file_binding as _tensor_file_binding  # noqa: F401
 from h3r_ros.model.human3r import Human3R
 from h3r_ros.model.model_string import MODEL_CLASS, parse_model_string
 from h3r_ros.model.safe_unpickle import PickledObject, restricted_pickle, scan_archive
@@ -249,8 +250,9 @@ def convert_checkpoint(
 
     ``out_prefix`` defaults to the ``.pth`` path without its suffix, which is where
     ``load_human3r`` looks. The state dict is checked against the model it describes
-    before anything is written. ``source_sha256`` (of the ``.pth``, when the caller
-    verified it) is recorded in the header. Returns the two paths written.
+    before anything is written. The header records the ``.pth``'s SHA-256:
+    ``source_sha256`` when the caller verified it, otherwise computed here. Returns the two
+    paths written.
     """
     pth_path = Path(pth_path)
     state_dict, model_string = read_checkpoint(pth_path)
@@ -277,19 +279,26 @@ def load_human3r(
     """Build Human3R from a checkpoint and load its weights strictly: ``(model, cfg)``.
 
     ``path`` is a ``.pth`` or a converted ``.safetensors``. For a ``.pth`` with a converted
-    pair next to it (``<stem>.safetensors`` + ``<stem>.json``, from the same file size), the
-    pair is used instead. The config comes from the checkpoint's model string; ``variant``
-    (a name known to ``Human3RConfig.variant``) is used only when the file has none.
-    The model is returned in eval mode on ``device`` with floating tensors in ``dtype``.
+    pair next to it (``<stem>.safetensors`` + ``<stem>.json``), the pair is used instead when
+    its header records this file's SHA-256 (or when the ``.pth`` is gone); a pair made from
+    other content is written again from the ``.pth``. The config comes from the checkpoint's
+    model string; ``variant`` (a name known to ``Human3RConfig.variant``) is used only when
+    the file has none. The model is returned in eval mode on ``device`` with floating
+    tensors in ``dtype``.
     """
     path = Path(path)
-    tensors_path, header_path = converted_paths(path.with_suffix(""))
-    if path.suffix == ".safetensors" or pair_matches(path, tensors_path, header_path):
+    prefix = path.with_suffix("")
+    tensors_path, header_path = converted_paths(prefix)
+    paired = path.suffix == ".safetensors" or (tensors_path.is_file() and header_path.is_file())
+    stale = paired and path.suffix != ".safetensors" and path.is_file() and not made_from(header_path, path)
+    if paired and not stale:
         source = tensors_path
         state_dict, header = read_converted(tensors_path, header_path)
         model_string = header.get("model_string")
         variant = variant or header.get("variant")
     else:
+        if stale:
+            log.warning("%s was converted from other content than %s; converting again", header_path, path)
         source = path
         state_dict, model_string = read_checkpoint(path)
 
@@ -300,6 +309,11 @@ def load_human3r(
     with torch.device("meta"):
         model = Human3R(cfg)
     load_state_dict_strict(model, state_dict, source, assign=True)
+    if stale:
+        try:
+            write_converted(prefix, strip_module_prefix(state_dict), model_string, variant, path, None)
+        except CheckpointError as exc:
+            log.warning("%s; loaded %s itself", exc, path)
     model.to(device=device, dtype=dtype)
     model.eval()
     return model, cfg
