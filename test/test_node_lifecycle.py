@@ -532,12 +532,17 @@ def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
         second = {h.track_id: h for h in humans.wait_stamp(stamp, 120.0).humans}
         assert second[body.track_id].track_state == Human.TRACK_TRACKED
         point = position.wait_stamp(stamp)
-        pelvis = second[body.track_id].pelvis.position  # the filter's start: the second sighting itself
+        pelvis = second[body.track_id].pelvis.position  # one pose per person: the model's, everywhere
         assert point.header.frame_id == "world"
-        assert (point.point.x, point.point.y, point.point.z) == pytest.approx((pelvis.x, pelvis.y, pelvis.z), abs=1e-9)
-        twist = velocity.wait_stamp(stamp).twist.linear
+        assert (point.point.x, point.point.y, point.point.z) == pytest.approx((pelvis.x, pelvis.y, pelvis.z), abs=1e-6)
         v = second[body.track_id].velocity
-        assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
+        if math.isnan(v.x):  # unknown (random weights can jump): nothing on the velocity topic
+            time.sleep(0.5)
+            assert not [m for m in velocity.messages if (m.header.stamp.sec, m.header.stamp.nanosec)
+                        == (stamp.sec, stamp.nanosec)]
+        else:
+            twist = velocity.wait_stamp(stamp).twist.linear
+            assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
         frames = {t.child_frame_id: t for m in tf.messages for t in m.transforms
                   if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)}
         assert f"body_b{body.track_id}" in frames and frames[f"body_b{body.track_id}"].header.frame_id == "camera_optical"

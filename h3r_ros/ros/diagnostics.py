@@ -21,7 +21,8 @@ BAD = "bad_messages"  # invalid messages (layout, size, stamp, frame id)
 OUT_OF_ORDER = "out_of_order"  # frames stamped slightly before the previous one
 BAD_INFO = "bad_camera_info"  # camera_info messages that failed their checks
 ERRORS = "errors"  # exceptions while processing a frame
-COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS)
+NO_TRANSFORM = "no_output_transform"  # images whose people tf2 could not place in output_frame
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS, NO_TRANSFORM)
 NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
 
 
@@ -144,6 +145,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         "out-of-order frames dropped (total)": str(window.totals[OUT_OF_ORDER]),
         "camera_info messages ignored (total)": str(window.totals[BAD_INFO]),
         "failed frames (total)": str(window.totals[ERRORS]),
+        "images without the output_frame transform (total)": str(window.totals[NO_TRANSFORM]),
         "processed frames (total)": str(window.totals[PROCESSED]),
         "stamp age at publication, last (ms)": _ms(window.last_age),
         "stamp age at publication, max (ms)": _ms(window.max_age),

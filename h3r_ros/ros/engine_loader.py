@@ -20,8 +20,8 @@ from h3r_ros.model.checkpoint import load_human3r
 from h3r_ros.model.config import Human3RConfig
 from h3r_ros.model.human3r import Human3R
 
-# The engine's world = the first camera's frame re-expressed with ROS axes (x forward,
-# y left, z up) instead of OpenCV optical axes (x right, y down, z forward).
+# The engine's world = the first camera's frame (exactly: origin_at_first_camera) re-expressed
+# with ROS axes (x forward, y left, z up) instead of OpenCV optical axes (x right, y down, z forward).
 ROS_FROM_OPTICAL = (
     (0.0, 0.0, 1.0, 0.0),
     (-1.0, 0.0, 0.0, 0.0),
@@ -186,6 +186,7 @@ def load_engine(settings) -> LoadedEngine:
             dtype=precision.dtype,
             compile=settings.compile,
             world_from_model=ROS_FROM_OPTICAL,
+            origin_at_first_camera=True,
         )
     except ValueError as exc:
         raise LoadError(str(exc)) from exc

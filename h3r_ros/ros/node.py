@@ -56,6 +56,7 @@ from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine, rest
 from h3r_ros.ros.frame_processor import FrameProcessor
 from h3r_ros.ros.image_decoding import ImageDecodeError, check_compressed, check_image
 from h3r_ros.ros.inference_worker import InferenceWorker
+from h3r_ros.ros.output_frame import OutputFrameUnavailable
 from h3r_ros.ros.outputs import Outputs
 
 NODE_NAME = "human3r_node"
@@ -192,7 +193,12 @@ class Human3RNode(LifecycleNode):
         if self._loaded.warning:
             self.get_logger().warning(self._loaded.warning)
 
-        self._outputs = Outputs(self, settings, self._loaded.faces)
+        try:
+            self._outputs = Outputs(self, settings, self._loaded.faces, self._stats)
+        except OutputFrameUnavailable as exc:
+            self._report_error(f"configure failed: {exc}")
+            self._loaded = None
+            return TransitionCallbackReturn.FAILURE
         self._processor = FrameProcessor(self, self._loaded, self._outputs, self._stats, lambda: self._settings,
                                          lambda: self._camera_info, self._bad_message)
         self._check = check_compressed if settings.compressed_input else check_image

@@ -16,8 +16,9 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 from nav_msgs.msg import Path
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -30,13 +31,16 @@ from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.track_motion import LOST, TrackMotion
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, hri_bodies
+from h3r_ros.ros.diagnostics import NO_TRANSFORM
 from h3r_ros.ros.map_accumulator import VoxelMap
 from h3r_ros.ros.markers import TrackMarkers
+from h3r_ros.ros.output_frame import OutputFrame
 
 FALLBACK_CAMERA_FRAME = "camera_optical_frame"  # when neither the parameter nor the header names one
 MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
 MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
 WARN_PERIOD = 60.0  # s between repeated warnings about a missing frame id
+TF_WARN_PERIOD = 5.0  # s between repeated warnings about a missing output_frame transform
 
 FRAME_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 EVENT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -85,11 +89,14 @@ class Wanted:
 
 
 class Outputs:
-    def __init__(self, node, settings, faces) -> None:
+    def __init__(self, node, settings, faces, stats) -> None:
         """Publishers on ``node`` (a LifecycleNode) and fresh output state; ``faces``: SMPL-X
-        triangles for mesh markers (None without a body model)."""
+        triangles for mesh markers (None without a body model); ``stats``: the NodeStats that
+        count images whose people could not be placed in output_frame."""
         self._node = node
         self._faces = faces
+        self._stats = stats
+        self._output_frame = OutputFrame(node, settings.output_frame) if settings.output_frame else None
         self._lock = threading.Lock()  # one publication at a time, and none after close
         self._closed = False
         self._pubs = {name: node.create_lifecycle_publisher(*topic) for name, topic in _TOPICS.items()}
@@ -97,6 +104,7 @@ class Outputs:
         self._map = VoxelMap(settings.map_voxel_size, settings.map_max_points)
         self._markers = TrackMarkers()
         self._motion = TrackMotion(settings.track_timeout)
+        self._unreported: list = []  # tracks that ended on an image whose people were dropped
         self._path: deque = deque(maxlen=settings.path_max_poses)
         self._last_map_publish = -math.inf
         self._last_mesh = -math.inf
@@ -137,6 +145,8 @@ class Outputs:
         self._markers.reset()
         self._path.clear()
         self._last_map_publish = -math.inf
+        if self._output_frame is not None:
+            self._output_frame.reset()
 
     def publish(self, result, image_header: Header, settings, wanted: Wanted, source_wh) -> list[int]:
         """Everything for one frame, stamped with the image's stamp. Returns the ids of the
@@ -156,6 +166,9 @@ class Outputs:
             if self._hri is not None:
                 self._hri.close()
                 self._hri = None
+            if self._output_frame is not None:
+                self._output_frame.close()
+                self._output_frame = None
 
     def _publish(self, result, image_header: Header, settings, wanted: Wanted, source_wh) -> list[int]:
         out = self._pubs
@@ -172,26 +185,34 @@ class Outputs:
         camera = Header(stamp=stamp, frame_id=camera_frame)
 
         now = Time.from_msg(stamp).nanoseconds * 1e-9
-        alive, ended, ended_now = self._update_tracks(result, settings, now)
         transform = conversions.camera_transform(
             result.cam_to_world, settings.world_frame, camera_frame, settings.tf_mode, stamp
         )
         transforms = [] if transform is None else [transform]
-        if settings.publish_body_tf:
-            transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
-        if self._hri is not None:
-            transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
+        people = self._people_in_output_frame(result, camera_frame, settings, stamp)
+        ended_now = []
+        if people is None and result.reset:  # the old world's tracks end; reported with the next people
+            self._unreported += self._motion.reset()
+        if people is not None:
+            alive, ended, ended_now = self._update_tracks(people, settings, now)
+            # One TF frame per person: REP-155's name when that interface is on.
+            if self._hri is not None:
+                transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
+            elif settings.publish_body_tf:
+                transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
         if transforms:
             out["tf"].publish(TFMessage(transforms=transforms))
-        if wanted.humans:
-            out["humans"].publish(
-                conversions.humans_msg(result, world, camera_frame, settings.publish_vertices, alive + ended, now)
-            )
-        if self._hri is not None:
-            self._hri.publish(world, [t for t in alive if t.state != LOST], ended)
+        if people is not None:
+            header = Header(stamp=stamp, frame_id=self._output_frame.frame if self._output_frame else world.frame_id)
+            if wanted.humans:
+                out["humans"].publish(conversions.humans_msg(
+                    people, header, camera_frame, settings.publish_vertices, alive + ended, now))
+            if self._hri is not None:
+                self._hri.publish(header, [t for t in alive if t.state != LOST], ended)
         self._publish_points(result, world, settings, wanted)
         if wanted.markers:
-            self._publish_markers(result, world, settings, wanted, [t.track_id for t in alive if t.state == LOST])
+            lost = [] if people is None else [t.track_id for t in alive if t.state == LOST]
+            self._publish_markers(result, world, settings, wanted, lost)
         if settings.publish_path:
             if self._path.maxlen != settings.path_max_poses:
                 self._path = deque(self._path, maxlen=settings.path_max_poses)
@@ -210,6 +231,25 @@ class Outputs:
             out["camera_info"].publish(conversions.camera_info_msg(K_source, (source_wh[1], source_wh[0]), camera))
         return ended_now
 
+    def _people_in_output_frame(self, result, camera_frame: str, settings, stamp):
+        """``result`` with its people and camera pose in output_frame (itself without one);
+        None, counted and warned, when tf2 has no transform for this image."""
+        if self._output_frame is None:
+            return result
+        if result.reset:
+            self._output_frame.reset()
+        from_world = self._output_frame.from_world(
+            result, camera_frame, settings.world_frame, stamp, settings.output_frame_timeout)
+        if from_world is None:
+            self._stats.count(NO_TRANSFORM)
+            self._node.get_logger().warning(
+                f"no transform {self._output_frame.frame} <- {camera_frame} at the image stamp within "
+                f"{settings.output_frame_timeout} s: this image's people are dropped "
+                f"({self._output_frame.error})", throttle_duration_sec=TF_WARN_PERIOD)
+            return None
+        return replace(result, cam_to_world=from_world @ np.asarray(result.cam_to_world, np.float64),
+                       people=[person.transformed(from_world) for person in result.people])
+
     def _note_frame(self) -> None:
         now = time.monotonic()
         if math.isfinite(self._last_publish):
@@ -222,7 +262,9 @@ class Outputs:
         timed out now, which the engine still holds; a reset has emptied it already)."""
         motion = self._motion
         motion.timeout = settings.track_timeout
-        ended = motion.reset() if result.reset else []
+        ended, self._unreported = self._unreported, []
+        if result.reset:
+            ended += motion.reset()
         observations = [(p.track_id, _pelvis_world(p), p) for p in result.people]
         alive, ended_now = motion.update(now, observations)
         return alive, ended + ended_now, [t.track_id for t in ended_now]

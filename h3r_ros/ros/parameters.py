@@ -113,6 +113,18 @@ class Settings:
     camera_frame: str = _param(
         "", "Camera optical frame (x right, y down, z forward) used for TF and camera "
         "outputs; '' = the image header's frame_id.", live=True)
+    output_frame: str = _param(
+        "", "Frame of 'humans' and the REP-155 bodies: '' = world_frame. Set to a frame of the robot's "
+        "TF tree (odom, map, base_link): each image's people are placed there through tf2's "
+        "output_frame <- camera at the image stamp, velocities are estimated there (a fixed frame "
+        "such as odom removes the robot's own motion), and output_frame -> world_frame is published "
+        "on /tf_static at the first frame after start and reset, so clouds, map and markers (kept in "
+        "world_frame) land in the robot's tree too. The camera then has its parent in the robot's "
+        "tree: tf_mode must be 'none'.")
+    output_frame_timeout: float = _param(
+        0.1, "Seconds the inference thread waits for the output_frame <- camera transform of an "
+        "image; without it by then, that image's people are dropped (counted, warned).", live=True,
+        min_value=0.0, max_value=5.0)
     tf_mode: str = _param(
         "world_to_camera", "'world_to_camera' publishes world -> camera (standalone camera); "
         "'camera_to_world' publishes camera -> world (camera already has a parent in "
@@ -120,7 +132,8 @@ class Settings:
     publish_body_tf: bool = _param(
         False, "Publish a TF frame per person (REP-155): camera optical frame -> "
         "<body_frame_prefix><track_id>, origin at the pelvis, x forward, y left, "
-        "z up. Parented to the camera, so it works in every tf_mode.", live=True)
+        "z up. Parented to the camera, so it works in every tf_mode. With publish_hri_bodies "
+        "the person's one frame is REP-155's body_b<track_id> instead.", live=True)
     body_frame_prefix: str = _param(
         "body_", "Prefix of the per-person TF frames (REP-155 names them body_<id>: "
         "ids must start with a letter).", live=True)
@@ -287,6 +300,15 @@ def validate(name: str, value, current) -> str:
         other = "camera_frame" if name == "world_frame" else "world_frame"
         if value == current(other):
             return f"{name} must differ from {other} (both {value!r})"
+    if name == "output_frame" and isinstance(value, str) and value:
+        reason = valid_frame_name(value)
+        if reason:
+            return f"output_frame: {reason}"
+        if value in (current("world_frame"), current("camera_frame")):
+            return f"output_frame must differ from world_frame and camera_frame, got {value!r}"
+    if name in ("output_frame", "tf_mode") and current("output_frame") and current("tf_mode") not in ("none", None):
+        return ("output_frame places the world in the robot's TF tree (output_frame -> world_frame) and "
+                "the camera's pose comes from that tree: set tf_mode to 'none'")
     if name == "body_frame_prefix" and isinstance(value, str) and not _BODY_PREFIX.fullmatch(value):
         return (f"body_frame_prefix must start with a letter and hold only letters, digits and '_' "
                 f"(frames are named <prefix><track id>), got {value!r}")
