@@ -21,6 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -80,6 +81,7 @@ def synthetic_result(index: int, people: int, template_joints: np.ndarray):
                 expression=np.zeros(10),
                 head_cam=np.array([0.0, -0.5, 3.0]),
                 head_pixel=np.array([left + 35.0, 70.0]),
+                head_world=template_joints[15] + offset,
                 joints_cam=template_joints,
                 joints_world=template_joints + offset,
                 full_pose_world=rng.normal(0.0, 0.1, (55, 3)),
@@ -129,17 +131,17 @@ class Stages:
         self.frame = defaultdict(float)
 
 
-def instrument(node, stages: Stages) -> None:
-    """Time what Human3RNode._publish calls: conversions, map, markers, publishers."""
+def instrument(outputs, stages: Stages) -> None:
+    """Time what Outputs.publish calls: conversions, map, markers, publishers."""
     from h3r_ros.ros import conversions
 
     for name in ("camera_transform", "humans_msg", "cloud_msg", "path_pose", "path_msg",
                  "depth_msg", "camera_info_msg"):
         setattr(conversions, name, stages.wrap(f"build {name}", getattr(conversions, name)))
-    node._markers.update = stages.wrap("build markers", node._markers.update)
-    node._map.add = stages.wrap("map add", node._map.add)
-    node._map.merge = stages.wrap("map merge", node._map.merge)
-    for name, publisher in vars(node._outputs).items():
+    outputs._markers.update = stages.wrap("build markers", outputs._markers.update)
+    outputs._map.add = stages.wrap("map add", outputs._map.add)
+    outputs._map.merge = stages.wrap("map merge", outputs._map.merge)
+    for name, publisher in outputs._pubs.items():
         publisher.publish = stages.wrap(f"publish {name}", publisher.publish)
 
 
@@ -183,7 +185,7 @@ def main() -> int:
 
     # Publishing needs no model (the faces are only used for meshes, off by default).
     node_module.load_engine = lambda settings: LoadedEngine(
-        engine=None, faces=np.zeros((0, 3), np.int64), device=torch.device("cpu"),
+        engine=SimpleNamespace(tracks=0), faces=np.zeros((0, 3), np.int64), device=torch.device("cpu"),
         precision=Precision("float32", "benchmark"), description="benchmark: no model"
     )
     subscriber = subprocess.Popen([sys.executable, __file__, "--subscriber"])
@@ -199,14 +201,15 @@ def main() -> int:
             print("error: the node did not configure/activate", file=sys.stderr)
             return 1
         deadline = time.monotonic() + 30.0
-        while any(p.get_subscription_count() == 0 for p in vars(node._outputs).values()):
+        outputs = node._outputs
+        while any(p.get_subscription_count() == 0 for p in outputs._pubs.values()):
             if time.monotonic() > deadline:
                 print("error: the subscriber process did not match every output", file=sys.stderr)
                 return 1
             time.sleep(0.05)
 
         stages = Stages()
-        instrument(node, stages)
+        instrument(outputs, stages)
         template = np.random.default_rng(0).normal(0.0, 0.3, (55, 3))
         rgb = np.random.default_rng(1).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
         images = {
@@ -222,7 +225,7 @@ def main() -> int:
                 stages.frame[f"decode Image {encoding}"] += time.perf_counter() - start
             header = Header(stamp=node.get_clock().now().to_msg(), frame_id="camera_optical")
             settings = node._settings
-            wanted = node._wanted(settings)
+            wanted = outputs.wanted(settings)
             # What the engine does at the end of a step (on the CPU here): choose the cloud points.
             start = time.perf_counter()
             mask = torch.from_numpy(result.human_mask)
@@ -233,12 +236,12 @@ def main() -> int:
                 result.selections[selection.name] = selected_on_host(host, f"{selection.name}/")
             stages.frame["engine point selection (CPU)"] = time.perf_counter() - start
             start = time.perf_counter()
-            node._publish(result, header, settings, wanted)
+            outputs.publish(result, header, settings, wanted, (WIDTH, HEIGHT))
             stages.frame["TOTAL publish path"] = time.perf_counter() - start
             stages.end_frame(record=i >= args.warmup)
         cloud_points = int(np.sum(results[-1].conf[::2, ::2] > node._settings.cloud_conf_threshold))
         print(f"{WIDTH}x{HEIGHT} frame, {args.people} people, cloud ~{cloud_points} points "
-              f"(stride {node._settings.cloud_stride}); map {len(node._map.points)} points at its last "
+              f"(stride {node._settings.cloud_stride}); map {len(outputs._map.points)} points at its last "
               f"publication (map_publish_period {node._settings.map_publish_period} s)")
         report(stages, args.frames)
     finally:

@@ -17,8 +17,10 @@ Rows:
 - speed: 672S and 896L with random weights and 2-3 forced detections, float32 (TF32, as the
   official code runs) and bfloat16, eager and compiled: FPS of the whole engine step (RGB
   uint8 frame in -> host results out), median and p90 over the timed frames, and the peak
-  device memory.
-Without a CUDA device (and no --device given) it says so and exits 0.
+  device memory (with --device cpu: the process's peak RSS). Past --budget seconds the
+  remaining speed rows are reported as skipped, not run.
+Without a CUDA device (and no --device given) it says so and exits 0. The test suite drives
+``speed_rows`` and ``table`` on CPU with the fixtures' tiny model.
 """
 
 from __future__ import annotations
@@ -62,15 +64,22 @@ def worst_ratio(actual, expected) -> float:
     return float(((actual - expected).abs() / (CLOSE["atol"] + CLOSE["rtol"] * expected.abs())).max())
 
 
-def fixture_model(fx, dtype=None):
+def fixture_config(fx):
+    """The model configuration a fixture was recorded with (the tiny model)."""
     import dataclasses
 
-    from h3r_ros.model import Human3R, Human3RConfig
+    from h3r_ros.model import Human3RConfig
     from h3r_ros.model.model_string import parse_model_string
 
     cfg = Human3RConfig.from_kwargs(parse_model_string(fx["model_str_yaml_form"]))
     # Recorded on CPU, where the official encoder RoPE runs on float16 tokens.
-    model = Human3R(dataclasses.replace(cfg, encoder_rope_math="float16"))
+    return dataclasses.replace(cfg, encoder_rope_math="float16")
+
+
+def fixture_model(fx, dtype=None):
+    from h3r_ros.model import Human3R
+
+    model = Human3R(fixture_config(fx))
     model.load_state_dict({k: v.contiguous() for k, v in fx["state_dict"].items()}, strict=True)
     return model.eval() if dtype is None else model.to(dtype).eval()
 
@@ -153,24 +162,30 @@ def bf16_rows(fixture: Path, device: str) -> list[tuple[str, str, str]]:
     return [(f"bf16 vs fp32 {fixture.stem}", text, "info")]
 
 
-def speed_row(variant: str, dtype: str, compiled: bool, device: str, frames: int, warmup: int, humans: int):
+def speed_label(name: str, dtype: str, compiled: bool) -> str:
+    return f"speed {name} {dtype} {'compiled' if compiled else 'eager'}"
+
+
+def speed_row(name: str, cfg, dtype: str, compiled: bool, device: str, frames: int, warmup: int, humans: int,
+              size: int = 512):
+    """One configuration, random weights, on a 16:9 frame of ``size`` px width (the model input)."""
     import numpy as np
     import torch
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_models import force_detections, random_model
+    from bench_models import force_detections, peak_rss_gib, random_model
 
     from h3r_ros.engine.engine import EngineConfig, Human3REngine
-    from h3r_ros.model import Human3RConfig
 
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model = random_model(Human3RConfig.variant(variant), getattr(torch, dtype), device)
+    model = random_model(cfg, getattr(torch, dtype), device)
     force_detections(model, humans)
-    engine = Human3REngine(model, EngineConfig(device=device, dtype=dtype, compile=compiled, reset_interval=0))
-    rgb = np.random.default_rng(0).integers(0, 256, (288, 512, 3), dtype=np.uint8)
+    engine = Human3REngine(model, EngineConfig(size=size, device=device, dtype=dtype, compile=compiled,
+                                               reset_interval=0))
+    rgb = np.random.default_rng(0).integers(0, 256, (size * 9 // 16, size, 3), dtype=np.uint8)
     warm = engine.warm_up(rgb.shape[1], rgb.shape[0], frames=warmup)  # as the node does at configure
     seconds = []
     for _ in range(frames):
@@ -179,11 +194,36 @@ def speed_row(variant: str, dtype: str, compiled: bool, device: str, frames: int
         seconds.append(time.perf_counter() - start)
     fps = sorted(1.0 / s for s in seconds)
     median, p90 = statistics.median(fps), fps[int(0.1 * (len(fps) - 1))]  # p90 of frame time = p10 of FPS
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
+    # On CPU there is no per-run allocator peak: the process's peak RSS stands in.
+    memory, where = (torch.cuda.max_memory_allocated(device) / 2**30, "device") if cuda else (peak_rss_gib(), "RSS")
     del engine, model
-    return (f"speed {variant} {dtype} {'compiled' if compiled else 'eager'}",
-            f"{median:.1f} FPS median, {p90:.1f} FPS at p90 frame time, {len(result.people)} people, "
-            f"peak {memory:.1f} GiB, warm-up {warm:.0f} s", "info")
+    return (speed_label(name, dtype, compiled),
+            f"{median:.2f} FPS median, {p90:.2f} FPS at p90 frame time, {len(result.people)} people, "
+            f"peak {memory:.2f} GiB {where}, warm-up {warm:.0f} s", "info")
+
+
+def speed_rows(models, dtypes, compiles, device: str, frames: int, warmup: int, humans: int, started: float,
+               budget: float):
+    """Rows for every (name, config, size) in ``models`` x dtype x compile, one at a time; once
+    ``budget`` seconds have passed since ``started`` (time.monotonic) the rest are skipped."""
+    for name, cfg, size in models:
+        for dtype in dtypes:
+            for compiled in compiles:
+                label = speed_label(name, dtype, compiled)
+                if time.monotonic() - started > budget:
+                    yield label, f"skipped: past the {budget:.0f} s budget", "SKIP"
+                    continue
+                try:
+                    yield speed_row(name, cfg, dtype, compiled, device, frames, warmup, humans, size)
+                except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
+                    yield label, f"{type(exc).__name__}: {exc}"[:200], "FAIL"
+
+
+def table(rows, seconds: float) -> str:
+    width = max((len(r[0]) for r in rows), default=len("check"))
+    lines = [f"{'check':<{width}}  result"]
+    lines += [f"{name:<{width}}  {verdict:<4}  {value}" for name, value, verdict in rows]
+    return "\n".join(lines + [f"(total {seconds:.0f} s)"])
 
 
 def main() -> int:
@@ -226,24 +266,14 @@ def main() -> int:
         rows += bf16_rows(fixtures[0], device)
         print(*rows[-1], sep=" | ", flush=True)
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    for variant in args.variants:
-        for dtype in args.dtypes:
-            for compiled in compiles:
-                label = f"speed {variant} {dtype} {'compiled' if compiled else 'eager'}"
-                if time.monotonic() - started > args.budget:
-                    rows.append((label, f"skipped: past the {args.budget:.0f} s budget", "SKIP"))
-                    continue
-                try:
-                    rows.append(speed_row(variant, dtype, compiled, device, args.frames, args.warmup, args.humans))
-                except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
-                    rows.append((label, f"{type(exc).__name__}: {exc}"[:200], "FAIL"))
-                print(*rows[-1], sep=" | ", flush=True)
+    from h3r_ros.model import Human3RConfig
 
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'check':<{width}}  result")
-    for name, value, verdict in rows:
-        print(f"{name:<{width}}  {verdict:<4}  {value}")
-    print(f"(total {time.monotonic() - started:.0f} s)")
+    models = [(variant, Human3RConfig.variant(variant), 512) for variant in args.variants]
+    for row in speed_rows(models, args.dtypes, compiles, device, args.frames, args.warmup, args.humans, started,
+                          args.budget):
+        rows.append(row)
+        print(*row, sep=" | ", flush=True)
+    print("\n" + table(rows, time.monotonic() - started))
     return 1 if any(verdict == "FAIL" for _, _, verdict in rows) else 0
 
 

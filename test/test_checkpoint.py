@@ -6,9 +6,12 @@ training code's format (``{'model': sd, 'args': OmegaConf config, 'epoch': n}``)
 """
 
 import collections
+import copy
+import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +22,7 @@ import torch
 from fixtures import fixture_path, load_fixture
 
 from h3r_ros.model import checkpoint, convert
+from h3r_ros.model import converted as converted_format
 from h3r_ros.model.checkpoint import (
     CheckpointError,
     UnsafePickleError,
@@ -330,11 +334,15 @@ def test_converted_safetensors_round_trip(converted, tiny):
     assert cfg == Human3RConfig.from_kwargs(parse_model_string(tiny[1]))
 
 
-def test_converted_pair_is_preferred(converted, genuine_pth, tiny, monkeypatch):
+def forbid_reading_pth(monkeypatch):
     def no_pickle(path):
         raise AssertionError(f"read the .pth {path}")
 
     monkeypatch.setattr(checkpoint, "read_checkpoint", no_pickle)
+
+
+def test_converted_pair_is_preferred(converted, genuine_pth, tiny, monkeypatch):
+    forbid_reading_pth(monkeypatch)
     model, _ = load_human3r(genuine_pth)
     assert_same_weights(model, tiny[0])
 
@@ -358,6 +366,83 @@ def test_stale_converted_pair_is_ignored(converted, genuine_pth, tmp_path, monke
     monkeypatch.setattr(checkpoint, "read_checkpoint", read_pth)
     with pytest.raises(CheckpointError, match="ReadPth"):  # every failure is a CheckpointError
         load_human3r(tmp_path / genuine_pth.name)
+
+
+# --- a converted pair stands in only for its own source ---------------------------------
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Every file hashed from now on (sources and tensor files), in order."""
+    paths = []
+    sha256_file = converted_format._sha256_file
+
+    def counting(path):
+        paths.append(Path(path))
+        return sha256_file(path)
+
+    monkeypatch.setattr(converted_format, "_sha256_file", counting)
+    return paths
+
+
+def test_pair_of_other_content_of_the_same_size_is_converted_again(tmp_path, tiny, monkeypatch):
+    # The same name (torch.save names the archive's records after it), storages and views:
+    # the same file size.
+    first, second = (tmp_path / name / "human3r.pth" for name in ("first", "second"))
+    weights = copy.deepcopy(tiny[0])
+    weights["pose_token"].add_(1)
+    for path, state_dict in ((first, tiny[0]), (second, weights)):
+        path.parent.mkdir()
+        save_training_checkpoint(path, state_dict, tiny[1])
+    assert first.stat().st_size == second.stat().st_size
+    pth = tmp_path / "human3r.pth"
+    shutil.copyfile(first, pth)
+    checkpoint.convert_checkpoint(pth)
+    assert_same_weights(load_human3r(pth)[0], tiny[0])
+
+    converted_mtime = pth.stat().st_mtime_ns
+    shutil.copyfile(second, pth)
+    os.utime(pth, ns=(converted_mtime, converted_mtime))  # as cp -p leaves it: only the content differs
+    assert_same_weights(load_human3r(pth)[0], weights)
+    header = json.loads(pth.with_suffix(".json").read_text())
+    assert header["source"]["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+    forbid_reading_pth(monkeypatch)
+    assert_same_weights(load_human3r(pth)[0], weights)  # from the pair written again
+
+
+def test_unchanged_source_is_not_hashed_again(tmp_path, tiny, hashed, monkeypatch):
+    pth = save_training_checkpoint(tmp_path / "human3r.pth", *tiny)
+    checkpoint.convert_checkpoint(pth)
+    assert hashed.count(pth.resolve()) == 1
+    converted_format._cached_sha256.cache_clear()  # as in a new process: only the header remembers
+    forbid_reading_pth(monkeypatch)
+    for _ in range(2):
+        assert_same_weights(load_human3r(pth)[0], tiny[0])
+    assert hashed.count(pth.resolve()) == 1
+
+
+def test_source_hash_is_remembered_in_process(tmp_path, tiny, hashed, monkeypatch):
+    pth = save_training_checkpoint(tmp_path / "human3r.pth", *tiny)
+    checkpoint.convert_checkpoint(pth)
+    os.utime(pth, ns=(pth.stat().st_atime_ns, pth.stat().st_mtime_ns + 10**9))
+    monkeypatch.setattr(converted_format, "_rewrite_header", lambda *args: None)  # a read-only folder
+    for _ in range(2):
+        load_human3r(pth)
+    assert hashed.count(pth.resolve()) == 2
+
+
+def test_touched_source_reuses_its_pair_after_one_hash(tmp_path, tiny, hashed, monkeypatch):
+    pth = save_training_checkpoint(tmp_path / "human3r.pth", *tiny)
+    tensors_path, header_path = checkpoint.convert_checkpoint(pth)
+    tensors = tensors_path.read_bytes()
+    os.utime(pth, ns=(pth.stat().st_atime_ns, pth.stat().st_mtime_ns + 10**9))
+    forbid_reading_pth(monkeypatch)
+    assert_same_weights(load_human3r(pth)[0], tiny[0])
+    assert hashed.count(pth.resolve()) == 2
+    assert json.loads(header_path.read_text())["source"]["mtime_ns"] == pth.stat().st_mtime_ns
+    converted_format._cached_sha256.cache_clear()
+    assert_same_weights(load_human3r(pth)[0], tiny[0])
+    assert hashed.count(pth.resolve()) == 2 and tensors_path.read_bytes() == tensors
 
 
 def test_converter_cli_reports_errors(tmp_path, capsys):

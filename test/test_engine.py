@@ -215,6 +215,57 @@ def test_manual_reset_restarts_the_world(tiny):
         assert [p.track_id + offset for p in a.people] == [p.track_id for p in b.people]
 
 
+def test_origin_at_first_camera_composes_the_first_pose_away(tiny):
+    """Each world (start, manual reset) starts exactly at its first camera; everything else
+    is the model's world moved by the inverse of that first pose."""
+    fx, model = tiny
+    frames = _frames(fx)[:3]
+    _, plain = _run(model, frames)
+    engine, anchored = _run(model, frames, origin_at_first_camera=True)
+    engine.reset()
+    anchored += [engine.step(f) for f in frames]
+    first = np.linalg.inv(plain[0].cam_to_world)
+    assert not np.allclose(plain[0].cam_to_world, np.eye(4), atol=1e-3)  # the model's own first pose
+    for index, result in enumerate(anchored):
+        reference = plain[index % 3]
+        np.testing.assert_allclose(result.cam_to_world, first @ reference.cam_to_world, atol=1e-5)
+        moved = reference.points_world @ first[:3, :3].T + first[:3, 3]
+        np.testing.assert_allclose(result.points_world, moved, atol=1e-4)
+    for result in (anchored[0], anchored[3]):
+        np.testing.assert_allclose(result.cam_to_world, np.eye(4), atol=1e-6)
+
+
+def test_a_transformed_person_drives_a_stock_smplx_forward_in_the_new_frame(tiny, body_model, tmp_path):
+    import roma
+    import smplx
+
+    fx, model = tiny
+    _, results = _run(model, _frames(fx)[:2], body_model, with_vertices=True)
+    person = next(p for r in results for p in r.people)
+    rot = roma.rotvec_to_rotmat(torch.tensor([0.3, -1.1, 0.7], dtype=torch.float64)).numpy()
+    transform = np.eye(4)
+    transform[:3, :3], transform[:3, 3] = rot, [2.0, -0.5, 1.2]
+    moved = person.transformed(transform)
+    expected = person.vertices_world @ rot.T + transform[:3, 3]
+    np.testing.assert_allclose(moved.vertices_world, expected, atol=1e-9)
+    np.testing.assert_allclose(moved.joints_world, person.joints_world @ rot.T + transform[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(moved.head_world, rot @ person.head_world + transform[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(moved.pelvis_rotation_world, rot @ person.pelvis_rotation_world, atol=1e-9)
+
+    root = tmp_path / "smplx"
+    write_synthetic_smplx(root)
+    stock = smplx.create(str(next(root.rglob("SMPLX_NEUTRAL.npz"))), model_type="smplx", gender="neutral",
+                         use_pca=False, flat_hand_mean=True, num_betas=10)
+    pose = torch.tensor(moved.full_pose_world, dtype=torch.float32).reshape(1, 55, 3)
+    out = stock(betas=torch.tensor(moved.betas, dtype=torch.float32)[None],
+                expression=torch.tensor(moved.expression, dtype=torch.float32)[None],
+                global_orient=pose[:, 0], body_pose=pose[:, 1:22].reshape(1, -1),
+                jaw_pose=pose[:, 22], leye_pose=pose[:, 23], reye_pose=pose[:, 24],
+                left_hand_pose=pose[:, 25:40].reshape(1, -1), right_hand_pose=pose[:, 40:55].reshape(1, -1),
+                transl=torch.tensor(moved.transl_world, dtype=torch.float32)[None])
+    np.testing.assert_allclose(out.vertices[0].detach().numpy(), expected, atol=1e-4)
+
+
 def test_portrait_input(tiny, body_model):
     fx, model = tiny
     portrait = [np.ascontiguousarray(f.transpose(1, 0, 2)) for f in _frames(fx)[:2]]  # 320 x 180

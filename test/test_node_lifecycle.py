@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
 from h3r_ros.msg import Human, HumanArray
+from h3r_ros.ros import node as node_module
 from h3r_ros.ros import parameters
 from h3r_ros.ros.node import Human3RNode
 
@@ -150,6 +152,109 @@ def test_transitions_load_activate_and_release(make_node, ros):
     assert node.trigger_shutdown() == SUCCESS and node.lifecycle_state == "finalized"
 
 
+def test_cpu_threads_are_process_wide_while_configured_and_restored_by_cleanup(make_node):
+    default = torch.get_num_threads()
+    node = make_node(**tiny_assets().parameters(cpu_threads=1))
+    assert node.trigger_configure() == SUCCESS
+    assert torch.get_num_threads() == 1
+    assert node.trigger_cleanup() == SUCCESS
+    assert torch.get_num_threads() == default
+
+
+# ------------------------------------------------------------------ stopping in the middle of a frame
+
+SLOW_STEP = 3.0  # s each padded step takes: longer than the shutdown's wait (node.SHUTDOWN_TIMEOUT)
+
+
+class SlowFrame:
+    """Pads the node's engine step to SLOW_STEP s and says when one has started."""
+
+    def __init__(self, node) -> None:
+        self.started = threading.Event()
+        self.ended = threading.Event()
+        engine = node._loaded.engine
+        original = engine.step
+
+        def step(rgb, stamp):
+            self.started.set()
+            start = time.monotonic()
+            result = original(rgb, stamp)
+            time.sleep(max(0.0, start + SLOW_STEP - time.monotonic()))
+            self.ended.set()
+            return result
+
+        engine.step = step
+
+
+def _start_slow_frame(node, ros):
+    """An active node in the middle of a slow frame; returns (its stamp, the humans collector)."""
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    slow = SlowFrame(node)
+    humans = ros.collect(HumanArray, "humans")
+    publisher = ros.probe.create_publisher(Image, "image", 1)
+    assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched(), 30.0)
+    stamp = ros.probe.get_clock().now().to_msg()
+    deadline = time.monotonic() + 60.0
+    while not slow.started.is_set() and time.monotonic() < deadline:  # resend until matched both ways
+        publisher.publish(image_msg(tiny_assets().frames[0], stamp))
+        slow.started.wait(1.0)
+    assert slow.started.is_set()
+    ros.probe.destroy_publisher(publisher)
+    return slow, humans
+
+
+def _log_order(err: str, *texts: str) -> None:
+    positions = [err.find(text) for text in texts]
+    assert -1 not in positions, [t for t, p in zip(texts, positions) if p < 0]
+    assert positions == sorted(positions), texts
+
+
+def test_shutdown_in_the_middle_of_a_slow_frame(make_node, ros, capfd):
+    node = make_node(**tiny_assets().parameters())
+    slow, humans = _start_slow_frame(node, ros)
+    assert node.trigger_shutdown() == SUCCESS and node.lifecycle_state == "finalized"
+    assert not slow.ended.is_set()  # the frame outlived the shutdown's wait
+    published = len(humans.messages)
+    assert slow.ended.wait(SLOW_STEP + 10.0) and node._straggler.wait(10.0)
+    time.sleep(0.5)
+    assert len(humans.messages) == published == 0  # nothing after (nor during) the shutdown
+    err = capfd.readouterr().err
+    _log_order(err, "a frame was still being processed after 2 s: it is cancelled", "outputs closed",
+               "model released by the node: the cancelled frame frees it when it ends", "shut down")
+    assert "Traceback" not in err and "failed" not in err and node._last_error == ""
+
+
+def test_deactivate_waits_for_the_frame_and_cleanup_releases_after_it(make_node, ros, capfd):
+    node = make_node(**tiny_assets().parameters())
+    slow, humans = _start_slow_frame(node, ros)
+    assert node.trigger_deactivate() == SUCCESS
+    assert slow.ended.is_set()  # deactivate waited (STOP_TIMEOUT) for the frame, which published
+    assert wait_until(lambda: len(humans.messages) == 1, 10.0)
+    assert node.trigger_cleanup() == SUCCESS
+    err = capfd.readouterr().err
+    _log_order(err, "inference thread stopped", "outputs closed", "model released")
+    assert "cancelled" not in err and "Traceback" not in err and node._last_error == ""
+
+
+def test_cleanup_after_a_frame_outlived_deactivate(make_node, ros, capfd, monkeypatch):
+    monkeypatch.setattr(node_module, "STOP_TIMEOUT", 0.5)
+    node = make_node(**tiny_assets().parameters())
+    slow, humans = _start_slow_frame(node, ros)
+    assert node.trigger_deactivate() == SUCCESS and not slow.ended.is_set()
+    assert node.trigger_cleanup() == SUCCESS and node.lifecycle_state == "unconfigured"
+    assert slow.ended.wait(SLOW_STEP + 10.0) and node._straggler.wait(10.0)
+    time.sleep(0.5)
+    assert humans.messages == []  # the cancelled frame published nothing
+    err = capfd.readouterr().err
+    _log_order(err, "a frame was still being processed after 0.5 s: it is cancelled", "outputs closed",
+               "model released by the node: the cancelled frame frees it when it ends")
+    assert "Traceback" not in err and "failed" not in err and node._last_error == ""
+    # The node configures and runs again, with nothing left of the camera it saw before.
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    assert node._last_stamp is None and node._image_size is None and node._camera_info is None
+    _process_one_frame(ros)
+
+
 # ------------------------------------------------------------------ executable
 
 
@@ -225,7 +330,8 @@ def test_executable_processes_and_stops_cleanly_on_signals(ros, tmp_path, entry,
         code = _stop(process, sig)
     text = log.read_text()
     assert code == 0, text
-    assert "shut down: inference thread stopped, model released" in text and "Traceback" not in text, text
+    _log_order(text, "inference thread stopped", "outputs closed", "model released", "shut down")
+    assert "Traceback" not in text, text
 
 
 def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_finalized(ros, tmp_path):
@@ -426,12 +532,17 @@ def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
         second = {h.track_id: h for h in humans.wait_stamp(stamp, 120.0).humans}
         assert second[body.track_id].track_state == Human.TRACK_TRACKED
         point = position.wait_stamp(stamp)
-        pelvis = second[body.track_id].pelvis.position  # the filter's start: the second sighting itself
+        pelvis = second[body.track_id].pelvis.position  # one pose per person: the model's, everywhere
         assert point.header.frame_id == "world"
-        assert (point.point.x, point.point.y, point.point.z) == pytest.approx((pelvis.x, pelvis.y, pelvis.z), abs=1e-9)
-        twist = velocity.wait_stamp(stamp).twist.linear
+        assert (point.point.x, point.point.y, point.point.z) == pytest.approx((pelvis.x, pelvis.y, pelvis.z), abs=1e-6)
         v = second[body.track_id].velocity
-        assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
+        if math.isnan(v.x):  # unknown (random weights can jump): nothing on the velocity topic
+            time.sleep(0.5)
+            assert not [m for m in velocity.messages if (m.header.stamp.sec, m.header.stamp.nanosec)
+                        == (stamp.sec, stamp.nanosec)]
+        else:
+            twist = velocity.wait_stamp(stamp).twist.linear
+            assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
         frames = {t.child_frame_id: t for m in tf.messages for t in m.transforms
                   if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)}
         assert f"body_b{body.track_id}" in frames and frames[f"body_b{body.track_id}"].header.frame_id == "camera_optical"

@@ -12,13 +12,14 @@ import pytest
 import torch
 import yaml
 from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, settings_for, stamp_of, tiny_assets
-from sensor_msgs.msg import CompressedImage, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, PointField
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from h3r_ros.ros import conversions, parameters
-from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, NodeStats, diagnostics_msg
+from h3r_ros.ros.camera_info_check import camera_info_problem
+from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, NodeState, NodeStats, diagnostics_msg, node_status
 from h3r_ros.model import Human3R
 from h3r_ros.ros.engine_loader import LoadError, find_checkpoint, load_engine, resolve_device
 from h3r_ros.ros.image_decoding import ImageDecodeError, check_image, decode_compressed, decode_image
@@ -214,8 +215,39 @@ def test_depth_and_camera_info():
     assert (info.height, info.width) == (4, 6)
     np.testing.assert_array_equal(np.reshape(info.k, (3, 3)), K)
     np.testing.assert_array_equal(np.reshape(info.p, (3, 4))[:, :3], K)
-    assert conversions.valid_intrinsics(info.k)
-    assert not conversions.valid_intrinsics([0.0] * 9)
+    assert camera_info_problem(info, max_pixels=24) == ""
+    assert "K is invalid" in camera_info_problem(CameraInfo(width=6, height=4), max_pixels=24)
+
+
+def _valid_info(frame_id: str = "cam", **fields):
+    """A calibrated 640 x 480 camera_info, with ``fields`` replaced."""
+    values = dict(width=640, height=480, k=[500.0, 0, 320, 0, 500.0, 240, 0, 0, 1], d=[0.1, -0.2, 0, 0, 0.01])
+    info = CameraInfo(**(values | fields))
+    info.header.frame_id = frame_id
+    return info
+
+
+@pytest.mark.parametrize("fields, image, reason", [
+    (dict(width=0), {}, "not positive"),
+    (dict(height=0), {}, "not positive"),
+    (dict(width=2**31 - 1, height=2**31 - 1), {}, "exceeds max_image_pixels"),
+    (dict(), dict(image_size=(320, 240)), "differs from the images' 320 x 240"),
+    (dict(d=[0.1, 0.2, 0.3]), {}, "D has 3 coefficients"),
+    (dict(d=[0.1, float("nan"), 0, 0, 0]), {}, "D is not finite"),
+    (dict(d=[0.0] * 8 + [float("inf")] * 6), {}, "D is not finite"),
+    (dict(frame_id="/cam"), {}, "frame_id '/cam' starts with '/'"),
+    (dict(frame_id="my cam"), {}, "contains whitespace"),
+    (dict(), dict(image_frame="other_cam"), "frame_id 'cam' differs from the images' 'other_cam'"),
+])
+def test_camera_info_is_checked_whole(fields, image, reason):
+    """Each defect alone, in an info that is otherwise valid for the same images."""
+    images = dict(image_size=(640, 480), image_frame="cam")
+    assert camera_info_problem(_valid_info(), 640 * 480, **images) == ""
+    assert reason in camera_info_problem(_valid_info(**fields), 640 * 480, **(images | image))
+
+
+def test_camera_info_without_distortion_or_frame_id_is_usable():
+    assert camera_info_problem(_valid_info(d=[], frame_id=""), 640 * 480, (640, 480), "cam") == ""
 
 
 # ------------------------------------------------------------------ markers
@@ -453,6 +485,15 @@ def test_a_failing_compile_fails_configure_with_how_to_run_without_it(monkeypatc
         torch._dynamo.reset()
 
 
+def test_integer_parameters_with_only_a_lower_bound_get_a_range():
+    descriptor = parameters._descriptor("n", parameters.Spec("count", min_value=0), 5)
+    (bound,) = descriptor.integer_range
+    assert (bound.from_value, bound.to_value, bound.step) == (0, 2**31 - 1, 1)
+    (step,) = parameters._descriptor("input_size", parameters.SPECS["input_size"], 512).integer_range
+    assert step.step == 16
+
+
+
 # ------------------------------------------------------------------ diagnostics
 
 def test_diagnostics_levels_and_values():
@@ -477,3 +518,18 @@ def test_diagnostics_levels_and_values():
     stats.error("ValueError: boom")
     level, message, _ = status(stats)
     assert level == DiagnosticStatus.ERROR and "boom" in message
+
+
+def test_node_status_reports_the_state_snapshot():
+    def status(state):
+        (out,) = node_status(stamp_of(1.0), "n: inference", state, NodeStats().take_window()).status
+        return out.level, out.message, {kv.key: kv.value for kv in out.values}
+
+    sizes = {"map points": 7}
+    level, message, values = status(NodeState("unconfigured", True, "configure failed: no checkpoint", sizes))
+    assert level == DiagnosticStatus.ERROR and message == "configure failed: no checkpoint"
+    assert values["map points"] == "7" and values["model"] == "not loaded"
+    level, message, values = status(NodeState("active", False, "", sizes, model="m", focal_estimated=200.0))
+    assert (level, message) == (DiagnosticStatus.OK, "disabled through ~/enable")
+    assert values["estimated focal (px, model input)"] == "200.0" and values["last error"] == "none"
+    assert status(NodeState("active", True, "frame failed: x", sizes))[0] == DiagnosticStatus.WARN  # no input yet

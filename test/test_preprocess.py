@@ -98,10 +98,10 @@ _SHAPES = [(w, h) for w in (1, 2, 15, 16, 17, 31, 100, 160, 161, 320, 333, 640, 
 
 def test_every_allowed_size_gives_a_valid_crop_or_an_upfront_rejection():
     from h3r_ros.engine.preprocess import crop_geometry
-    from h3r_ros.ros.parameters import INPUT_SIZE_STEP, _SPECS
+    from h3r_ros.ros.parameters import SPECS
 
-    spec = _SPECS["input_size"]
-    sizes = range(int(spec.min_value), int(spec.max_value) + 1, INPUT_SIZE_STEP)
+    spec = SPECS["input_size"]
+    sizes = range(int(spec.min_value), int(spec.max_value) + 1, spec.step)
     accepted = rejected = 0
     for size in sizes:
         for width, height in _SHAPES:

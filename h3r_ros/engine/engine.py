@@ -60,6 +60,10 @@ class EngineConfig:
     # Rigid 4x4 applied on top of the model's world (OpenCV axes, first camera of the
     # session); e.g. the optical -> ROS axis change so every world output is ROS-aligned.
     world_from_model: tuple[tuple[float, ...], ...] = tuple(tuple(row) for row in np.eye(4))
+    # Put the world's origin exactly at the first camera of each world (start or manual
+    # reset): the model's pose of that frame is close to, not exactly, the identity, and it
+    # is composed away. False keeps the model's own world, as the official code reports it.
+    origin_at_first_camera: bool = False
     # Synchronise the device at stage boundaries so FrameResult.timings are per stage; without
     # it, queued GPU work is charged to whichever stage waits for it first.
     sync_timings: bool = False
@@ -191,6 +195,7 @@ class Human3REngine:
         self._views_in_world = 0  # "first view" test of the model (overlap views count)
         self._frames_in_world = 0  # automatic reset schedule (overlap views do not count)
         self._chain.clear()
+        self._origin: torch.Tensor | None = None  # inverse of the world's first camera pose
         self._tracker.reset()
 
     def warm_up(self, width: int, height: int, frames: int = 2) -> float:
@@ -311,10 +316,13 @@ class Human3REngine:
         out = {k: v.float() for k, v in view.out.items() if k in _REPORTED_OUTPUTS | cfg.extra_outputs}
         # Place the camera (this advances the pose chain when the view reset the state).
         c2w = pose_encoding_to_c2w(out["camera_pose"][0])
-        segment_to_world = self._world_from_model
+        if cfg.origin_at_first_camera and self._origin is None:
+            self._origin = _rigid_inverse(c2w if self._chain.base is None else self._chain.base @ c2w)
+        model_to_world = self._world_from_model if self._origin is None else self._world_from_model @ self._origin
+        segment_to_world = model_to_world
         if self._chain.base is not None:
             segment_to_world = segment_to_world @ self._chain.base
-        world_from_cam = self._world_from_model @ self._chain.apply(c2w, view.reset)
+        world_from_cam = model_to_world @ self._chain.apply(c2w, view.reset)
         pts_cam = out["pts3d_in_self_view"][0]
         pp = principal_point(*input_hw)
         t = {"cam_to_world": world_from_cam, "K": intrinsics(estimate_focal(pts_cam, pp), pp)}
@@ -406,3 +414,11 @@ def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         host[name] = buffer[offset : offset + tensor.numel()].reshape(tensor.shape)
         offset += tensor.numel()
     return host
+
+
+def _rigid_inverse(transform: torch.Tensor) -> torch.Tensor:
+    inverse = torch.eye(4, dtype=transform.dtype, device=transform.device)
+    rot_t = transform[:3, :3].T
+    inverse[:3, :3] = rot_t
+    inverse[:3, 3] = -rot_t @ transform[:3, 3]
+    return inverse

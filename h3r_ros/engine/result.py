@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import roma
+import torch
 
 from .point_selection import SelectedPoints
 
@@ -33,6 +35,35 @@ class Person:
     pelvis_rotation_world: np.ndarray | None  # (3, 3)
     vertices_cam: np.ndarray | None = None  # (10475, 3), only when requested
     vertices_world: np.ndarray | None = None  # (10475, 3), only when requested
+
+    def transformed(self, transform: np.ndarray) -> Person:
+        """The same person with every ``*_world`` field in another frame: ``transform`` (4x4,
+        rigid) maps the world to it. A stock SMPL-X forward of the new full pose and transl
+        gives the mesh in that frame."""
+        transform = np.asarray(transform, dtype=np.float64)
+        rot, trans = transform[:3, :3], transform[:3, 3]
+
+        def moved(points):
+            return None if points is None else np.asarray(points, dtype=np.float64) @ rot.T + trans
+
+        full_pose = np.array(self.full_pose_world, dtype=np.float64)
+        root = roma.rotvec_to_rotmat(torch.from_numpy(full_pose[0]))
+        full_pose[0] = roma.rotmat_to_rotvec(torch.from_numpy(rot) @ root).numpy()
+        joints = moved(self.joints_world)
+        transl = None
+        if self.transl_world is not None:
+            # The forward rotates about the rest pelvis J0 and adds transl, so the posed pelvis
+            # is J0 + transl: J0 = joints[0] - transl stays, and transl moves with the pelvis.
+            transl = joints[0] - np.asarray(self.joints_world[0], dtype=np.float64) + self.transl_world
+        return replace(
+            self,
+            head_world=moved(self.head_world),
+            full_pose_world=full_pose,
+            joints_world=joints,
+            transl_world=transl,
+            pelvis_rotation_world=None if self.pelvis_rotation_world is None else rot @ self.pelvis_rotation_world,
+            vertices_world=moved(self.vertices_world),
+        )
 
 
 @dataclass

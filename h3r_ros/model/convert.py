@@ -3,7 +3,8 @@
     python -m h3r_ros.model.convert human3r.pth [-o out_prefix] [--variant 896L]
 
 The converted pair loads without unpickling anything and memory-mapped, and
-``load_human3r('human3r.pth')`` uses it automatically when it sits beside the ``.pth``.
+``load_human3r('human3r.pth')`` uses it automatically when it sits beside the ``.pth`` it
+was made from.
 """
 
 from __future__ import annotations

@@ -59,6 +59,21 @@ def quaternion_from_matrix(rot: np.ndarray) -> tuple[float, float, float, float]
     return float(q[0]), float(q[1]), float(q[2]), float(q[3])
 
 
+def transform_matrix(transform) -> np.ndarray:
+    """geometry_msgs/Transform -> rigid 4x4 (the quaternion normalised first)."""
+    r, t = transform.rotation, transform.translation
+    q = np.array([r.w, r.x, r.y, r.z], dtype=np.float64)
+    w, x, y, z = q / np.linalg.norm(q)
+    matrix = np.eye(4)
+    matrix[:3, :3] = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    matrix[:3, 3] = [t.x, t.y, t.z]
+    return matrix
+
+
 def invert_transform(transform: np.ndarray) -> np.ndarray:
     """Inverse of a rigid 4x4 transform."""
     rot, trans = transform[:3, :3], transform[:3, 3]
@@ -138,6 +153,10 @@ def human_msg(person, with_vertices: bool, track=None, now: float = 0.0) -> Huma
         msg.time_since_first_seen, msg.time_since_last_seen = track.ages(now)
         v = track.velocity
         msg.velocity = Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
+        msg.velocity_std = float(track.velocity_std)
+    else:
+        msg.velocity = Vector3(x=math.nan, y=math.nan, z=math.nan)
+        msg.velocity_std = math.nan
     msg.betas = np.asarray(person.betas, dtype=np.float32).reshape(10)
     msg.expression = np.asarray(person.expression, dtype=np.float32).reshape(10)
     msg.full_pose = np.asarray(person.full_pose_world, dtype=np.float32).reshape(3 * NUM_JOINTS)
@@ -268,12 +287,6 @@ def depth_camera_info_msg(K: np.ndarray, crop_box, resized_wh, header: Header) -
     msg.roi.do_rectify = False
     msg.binning_x = msg.binning_y = 1
     return msg
-
-
-def valid_intrinsics(k) -> bool:
-    """A usable camera_info K: positive focal lengths (an all-zero K means 'uncalibrated')."""
-    k = np.asarray(k, dtype=np.float64).reshape(9)
-    return bool(np.isfinite(k).all() and k[0] > 0 and k[4] > 0 and k[8] != 0)
 
 
 def path_pose(cam_to_world: np.ndarray, header: Header) -> PoseStamped:

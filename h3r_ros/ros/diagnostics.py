@@ -1,11 +1,13 @@
-"""Counters the node updates from two threads, and their /diagnostics message."""
+"""Counters the node updates from two threads, a snapshot of its state, and their /diagnostics
+message."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
@@ -17,9 +19,10 @@ DROPPED = "dropped"  # valid frames replaced by a newer one before inference sta
 STALE = "stale"  # frames skipped because older than max_image_age
 BAD = "bad_messages"  # invalid messages (layout, size, stamp, frame id)
 OUT_OF_ORDER = "out_of_order"  # frames stamped slightly before the previous one
-BAD_INFO = "bad_camera_info"  # camera_info messages with an unusable K
+BAD_INFO = "bad_camera_info"  # camera_info messages that failed their checks
 ERRORS = "errors"  # exceptions while processing a frame
-COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS)
+NO_TRANSFORM = "no_output_transform"  # images whose people tf2 could not place in output_frame
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS, NO_TRANSFORM)
 NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
 
 
@@ -43,11 +46,16 @@ class NodeStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._totals = dict.fromkeys(COUNTERS, 0)
-        self._start_window(time.monotonic())
-        self._people: int | None = None
-        self._last_input: float | None = None
-        self._last_error = ""
+        self.restart()
+
+    def restart(self) -> None:
+        """Counting starts again (on activation)."""
+        with self._lock:
+            self._totals = dict.fromkeys(COUNTERS, 0)
+            self._start_window(time.monotonic())
+            self._people: int | None = None
+            self._last_input: float | None = None
+            self._last_error = ""
 
     def _start_window(self, now: float) -> None:
         self._window_start = now
@@ -137,6 +145,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         "out-of-order frames dropped (total)": str(window.totals[OUT_OF_ORDER]),
         "camera_info messages ignored (total)": str(window.totals[BAD_INFO]),
         "failed frames (total)": str(window.totals[ERRORS]),
+        "images without the output_frame transform (total)": str(window.totals[NO_TRANSFORM]),
         "processed frames (total)": str(window.totals[PROCESSED]),
         "stamp age at publication, last (ms)": _ms(window.last_age),
         "stamp age at publication, max (ms)": _ms(window.max_age),
@@ -152,3 +161,44 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         values=[KeyValue(key=k, value=v) for k, v in values.items()],
     )
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What the node reports besides its counters, taken in one go on the executor thread."""
+
+    lifecycle_state: str  # 'unconfigured', 'inactive', 'active' or 'finalized'
+    enabled: bool  # ~/enable
+    last_error: str
+    sizes: dict[str, int]  # every structure that grows with the run (each has a bound)
+    model: str = "not loaded"
+    precision: str = "n/a"
+    hardware_id: str = "none"
+    device_values: dict[str, str] = field(default_factory=dict)  # e.g. CUDA memory figures
+    focal_estimated: float = math.nan  # px, model input
+    focal_camera_info: float = math.nan
+
+    @property
+    def idle_reason(self) -> str:
+        """Why no input is expected, if it is not ('' while active and enabled)."""
+        if self.lifecycle_state != "active":
+            return f"{self.lifecycle_state}: not processing"
+        return "" if self.enabled else "disabled through ~/enable"
+
+
+def node_status(stamp, name: str, state: NodeState, window: Window) -> DiagnosticArray:
+    """The node's /diagnostics message: ``state`` and the counters of ``window``. An
+    unconfigured node with an error (e.g. why configure failed) reports it as an error."""
+    values = {
+        "lifecycle state": state.lifecycle_state,
+        "last error": state.last_error or "none",
+        **{key: str(value) for key, value in state.sizes.items()},
+        "enabled": str(state.enabled).lower(),
+        "model": state.model,
+        "precision": state.precision,
+        "estimated focal (px, model input)": f"{state.focal_estimated:.1f}",
+        "camera_info focal (px, model input)": f"{state.focal_camera_info:.1f}",
+        **state.device_values,
+    }
+    node_error = state.last_error if state.lifecycle_state == "unconfigured" else ""
+    return diagnostics_msg(stamp, name, state.hardware_id, window, values, state.idle_reason, node_error)

@@ -20,8 +20,8 @@ from h3r_ros.model.checkpoint import load_human3r
 from h3r_ros.model.config import Human3RConfig
 from h3r_ros.model.human3r import Human3R
 
-# The engine's world = the first camera's frame re-expressed with ROS axes (x forward,
-# y left, z up) instead of OpenCV optical axes (x right, y down, z forward).
+# The engine's world = the first camera's frame (exactly: origin_at_first_camera) re-expressed
+# with ROS axes (x forward, y left, z up) instead of OpenCV optical axes (x right, y down, z forward).
 ROS_FROM_OPTICAL = (
     (0.0, 0.0, 1.0, 0.0),
     (-1.0, 0.0, 0.0, 0.0),
@@ -43,6 +43,16 @@ class LoadedEngine:
     precision: Precision  # the dtype it runs in, and why
     description: str  # what was loaded, for logs and diagnostics
     warning: str = ""  # what is missing (SMPL-X), for the configure log
+
+    def device_report(self) -> tuple[str, dict[str, str]]:
+        """The device's name and memory figures, for /diagnostics."""
+        device = self.device
+        if device.type != "cuda":
+            return str(device), {}
+        return f"{device} ({torch.cuda.get_device_name(device)})", {
+            "device memory allocated (MiB)": f"{torch.cuda.memory_allocated(device) / 2**20:.0f}",
+            "device memory peak (MiB)": f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}",
+        }
 
 
 def models_dirs() -> list[Path]:
@@ -150,8 +160,13 @@ def _load_body_model(settings, device: torch.device) -> tuple[BodyModel | None, 
     )
 
 
-# torch's own choice (one thread per core), restored when cpu_threads goes back to 0.
+# torch's own choice (one thread per core). The thread count is process-wide: configure sets
+# it from cpu_threads, cleanup puts this back.
 _DEFAULT_CPU_THREADS = torch.get_num_threads()
+
+
+def restore_cpu_threads() -> None:
+    torch.set_num_threads(_DEFAULT_CPU_THREADS)
 
 
 def load_engine(settings) -> LoadedEngine:
@@ -171,6 +186,7 @@ def load_engine(settings) -> LoadedEngine:
             dtype=precision.dtype,
             compile=settings.compile,
             world_from_model=ROS_FROM_OPTICAL,
+            origin_at_first_camera=True,
         )
     except ValueError as exc:
         raise LoadError(str(exc)) from exc

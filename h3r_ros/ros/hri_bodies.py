@@ -2,8 +2,10 @@
 
 Per processed image: ``/humans/bodies/tracked`` (hri_msgs/IdsList, the ids of the bodies seen
 in it, empty when nobody is), and per body ``/humans/bodies/<id>/position``
-(geometry_msgs/PointStamped) and ``/humans/bodies/<id>/velocity`` (geometry_msgs/TwistStamped,
-linear part), both the track filter's pelvis estimate in the world frame, as ROS4HRI's
+(geometry_msgs/PointStamped: the model's pelvis in this image, the same point as
+``Human.pelvis`` and the body's TF frame; its head without a body model) and
+``/humans/bodies/<id>/velocity`` (geometry_msgs/TwistStamped, linear part: the track filter's
+velocity, published only while it is known), in the frame of ``humans``, as ROS4HRI's
 ``hri_body_detect`` publishes them. Body ids are ``b<track_id>`` (REP-155 ids start with a
 letter); each body's TF frame is ``body_<id>``. A body's topics go when its track ends.
 
@@ -12,6 +14,7 @@ hri_msgs is optional: without it the package runs and this interface refuses to 
 
 from __future__ import annotations
 
+import numpy as np
 from geometry_msgs.msg import Point, PointStamped, TwistStamped, Vector3
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -53,8 +56,8 @@ class HriBodies:
         self._bodies: dict[int, tuple] = {}
 
     def publish(self, header: Header, seen, ended) -> None:
-        """``seen``: TrackInfo of the bodies in this image; ``ended``: tracks that ended now.
-        ``header``: the image stamp and the world frame the positions are in."""
+        """``seen``: TrackInfo of the bodies in this image (payload: the Person); ``ended``:
+        tracks that ended now. ``header``: the image stamp and the frame the positions are in."""
         for info in ended:
             publishers = self._bodies.pop(info.track_id, None)
             if publishers is not None:
@@ -63,11 +66,13 @@ class HriBodies:
         self._tracked.publish(IdsList(header=header, ids=[body_id(info.track_id) for info in seen]))
         for info in seen:
             position_pub, velocity_pub = self._publishers(info.track_id)
-            p, v = info.position, info.velocity
+            person, v = info.payload, info.velocity
+            p = person.head_world if person.joints_world is None else person.joints_world[0]
             position_pub.publish(PointStamped(header=header, point=Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))))
-            twist = TwistStamped(header=header)
-            twist.twist.linear = Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
-            velocity_pub.publish(twist)
+            if np.isfinite(v).all():
+                twist = TwistStamped(header=header)
+                twist.twist.linear = Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
+                velocity_pub.publish(twist)
 
     def _publishers(self, track_id: int) -> tuple:
         if track_id not in self._bodies:

@@ -43,16 +43,22 @@ class InferenceWorker:
     def stop(self, timeout: float | None = None) -> bool:
         """Discard any waiting frame and join the thread (after the frame in progress), waiting
         at most ``timeout`` s; False if the frame was still running then (the daemon thread
-        finishes it and exits on its own)."""
+        finishes it and exits on its own; ``wait`` joins it later)."""
         with self._cond:
             self._stopping = True
             self._item = None
             self._cond.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join a stopped thread, at most ``timeout`` s; True once it has ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def submit(self, item: Any) -> bool:
         """Offer a frame; returns True if it replaced one that was still waiting (a drop)."""

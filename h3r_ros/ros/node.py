@@ -1,25 +1,28 @@
-"""The Human3R lifecycle node.
+"""The Human3R lifecycle node: lifecycle, input gating and services; the rest is wired in.
 
-Data flows one way: image message -> (newest-frame slot) -> decoded frame -> engine step on
-the inference thread -> FrameResult -> messages, each stamped with the source image's stamp.
-The executor thread only validates and hands over messages, serves services, and reports
-diagnostics, so it never waits for the model.
+Data flows one way: image message -> (newest-frame slot, ``InferenceWorker``) -> the
+``FrameProcessor`` on the inference thread (decode, engine step) -> ``Outputs`` (messages,
+each stamped with the source image's stamp). The executor thread only validates and hands
+over messages, serves services, and reports diagnostics, so it never waits for the model.
 
 Lifecycle: configure loads weights and SMPL-X and creates publishers and services; activate
 starts the inference thread and the subscriptions; deactivate stops both; cleanup releases
-the model and its device memory. A transition that raises is logged with its traceback and
-fails cleanly (configure leaves the node unconfigured); /diagnostics is published from
-construction on, with the lifecycle state and the last error.
+the model and its device memory and forgets the camera (camera_info, last stamp). Stopping
+waits for the frame in progress, at most STOP_TIMEOUT s (SHUTDOWN_TIMEOUT s when shutting
+down); a frame still running then publishes nothing, and keeps what it uses until it ends.
+A transition that raises is logged with its traceback and fails cleanly (configure leaves
+the node unconfigured); /diagnostics is published from construction on, with the lifecycle
+state and the last error (of a transition, a callback or a frame).
 
 Nothing a message holds can stop the node: invalid messages are dropped and counted, and an
-exception escaping any callback is logged with its traceback while the node keeps spinning.
+exception escaping any callback or frame is logged with its traceback while the node keeps
+running.
 
-Interface (relative names; remap in launch). QoS: inputs depth 1 (image_qos); per-frame
-outputs reliable volatile; map_cloud reliable transient local.
+Interface (relative names; remap in launch). Inputs are depth 1 (image_qos); outputs' QoS in
+h3r_ros/ros/outputs.py.
   in   image (sensor_msgs/Image) or image/compressed (CompressedImage, compressed_input)
-  in   camera_info: validated; its focal is reported next to the model's (Human3R itself
-       has no intrinsics input)
-  in   (image and camera_info are relative: a namespace or remap moves them with the outputs)
+  in   camera_info: checked whole (camera_info_check.py); its focal is reported next to the
+       model's (Human3R itself has no intrinsics input)
   out  humans (h3r_ros/HumanArray, world frame; every track with its state, ages and
        velocity), /tf (world -> camera optical, or inverse; optionally camera optical ->
        <body_frame_prefix><track_id> per person), cloud and map_cloud (PointCloud2, world
@@ -32,64 +35,35 @@ outputs reliable volatile; map_cloud reliable transient local.
 
 from __future__ import annotations
 
-import functools
 import gc
-import math
-import time
 import traceback
-from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from nav_msgs.msg import Path
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Header
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool, Trigger
-from visualization_msgs.msg import MarkerArray
 
-try:
-    from tf2_msgs.msg import TFMessage
-except ImportError:  # ROS 2 from PyPI wheels alone has no tf2: the node runs without /tf
-    TFMessage = None
-
-from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.preprocess import crop_geometry
-from h3r_ros.engine.track_motion import LOST, TrackMotion
-from h3r_ros.msg import HumanArray
-from h3r_ros.ros import conversions, hri_bodies, parameters
-from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, STALE, NodeStats, diagnostics_msg
-from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine
-from h3r_ros.ros.image_decoding import (
-    ImageDecodeError,
-    check_compressed,
-    check_image,
-    decode_compressed,
-    decode_image,
-)
+from h3r_ros.ros import hri_bodies, parameters
+from h3r_ros.ros.callback_guard import RateLimit, guarded
+from h3r_ros.ros.camera_info_check import camera_info_problem
+from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, NodeState, NodeStats, node_status
+from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine, restore_cpu_threads
+from h3r_ros.ros.frame_processor import FrameProcessor
+from h3r_ros.ros.image_decoding import ImageDecodeError, check_compressed, check_image
 from h3r_ros.ros.inference_worker import InferenceWorker
-from h3r_ros.ros.map_accumulator import VoxelMap
-from h3r_ros.ros.markers import TrackMarkers
+from h3r_ros.ros.output_frame import OutputFrameUnavailable
+from h3r_ros.ros.outputs import Outputs
 
 NODE_NAME = "human3r_node"
-FALLBACK_CAMERA_FRAME = "camera_optical_frame"  # when neither the parameter nor the header names one
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
-MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
-MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
+STOP_TIMEOUT = 30.0  # s deactivate and cleanup wait for the frame in progress
+SHUTDOWN_TIMEOUT = 2.0  # s shutdown waits for it (ros2 launch sends SIGTERM after 5 s)
 _NANOSECONDS = 1_000_000_000
-SHUTDOWN_JOIN_TIMEOUT = 1.0  # s the shutdown transition waits for the frame in progress
-
-# Per-frame outputs: reliable, volatile, keep only what a slow subscriber can still use.
-_FRAME_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-# Humans and markers carry per-track state (ids, DELETE actions): a short queue, not just the last.
-_EVENT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-# Late joiners (RViz) get the last map.
-_LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
 def input_qos(name: str) -> QoSProfile:
@@ -98,46 +72,6 @@ def input_qos(name: str) -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability, durability=DurabilityPolicy.VOLATILE
     )
-
-
-@dataclass
-class _Outputs:
-    humans: object
-    tf: object
-    cloud: object
-    map: object
-    markers: object
-    path: object
-    depth: object
-    depth_info: object
-    camera_info: object
-
-
-@dataclass(frozen=True)
-class _Wanted:
-    """Which outputs this frame needs (subscribed and enabled), hence what to compute."""
-
-    humans: bool
-    cloud: bool
-    markers: bool
-    mesh: bool
-    depth: bool
-    camera_info: bool
-
-    def engine_flags(self, settings) -> dict[str, object]:
-        """Engine settings for this frame: the cloud and map points are chosen on the device,
-        full point maps only travel to the host for depth."""
-        common = dict(conf_threshold=settings.cloud_conf_threshold, stride=settings.cloud_stride)
-        selections = []
-        if self.cloud:
-            selections.append(PointSelection("cloud", max_points=settings.cloud_max_points, **common))
-        if settings.publish_map:
-            selections.append(PointSelection("map", exclude_humans=settings.map_exclude_humans, **common))
-        return {
-            "with_points": self.depth,
-            "with_vertices": (self.humans and settings.publish_vertices) or self.mesh,
-            "point_selections": tuple(selections),
-        }
 
 
 class Human3RNode(LifecycleNode):
@@ -154,71 +88,44 @@ class Human3RNode(LifecycleNode):
         self._settings = parameters.read(self)
         self._enabled = True
         self._stats = NodeStats()
+        self._frame_errors = RateLimit(WARN_PERIOD)
         self._loaded: LoadedEngine | None = None
-        self._outputs: _Outputs | None = None
+        self._outputs: Outputs | None = None
+        self._processor: FrameProcessor | None = None
         self._service_handles: list = []
         self._inputs: list = []
         self._worker: InferenceWorker | None = None
-        self._check = self._decode = None
-        self._last_stamp: int | None = None  # ns of the newest accepted image
-        self._frame_period: float | None = None  # smoothed s between processed frames
-        self._last_processed = -math.inf
-        self._camera_info: CameraInfo | None = None
-        self._focal = {"estimated": math.nan, "camera_info": math.nan}
-        # Output state, touched only by the inference thread (or while it is stopped).
-        self._map: VoxelMap | None = None
-        self._markers = TrackMarkers()
-        self._motion = TrackMotion()
-        self._hri: hri_bodies.HriBodies | None = None
-        self._path: deque = deque()
-        self._last_map_publish = -math.inf
-        self._last_mesh = -math.inf
+        self._straggler: InferenceWorker | None = None  # stopped, its frame still running
+        self._check = check_image
+        self._forget_camera()
         # Diagnostics also report an unconfigured or inactive node: not lifecycle-managed.
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = None
         self._start_diagnostics(self._settings.diagnostics_period)
 
     def create_subscription(self, msg_type, topic, callback, *args, **kwargs):
-        return super().create_subscription(msg_type, topic, self._guarded(callback), *args, **kwargs)
+        return super().create_subscription(msg_type, topic, guarded(callback, self._report_error, WARN_PERIOD),
+                                           *args, **kwargs)
 
     def create_service(self, srv_type, name, callback, *args, **kwargs):
-        return super().create_service(srv_type, name, self._guarded(callback), *args, **kwargs)
+        return super().create_service(srv_type, name, guarded(callback, self._report_error, WARN_PERIOD),
+                                      *args, **kwargs)
 
     def create_timer(self, period, callback, *args, **kwargs):
-        return super().create_timer(period, self._guarded(callback), *args, **kwargs)
-
-    def _guarded(self, callback):
-        """``callback`` such that an exception is logged with its traceback and recorded
-        instead of leaving the executor's spin (which would end the process). A service
-        callback answers with success false."""
-        name = getattr(callback, "__name__", repr(callback))
-        last_logged = [-math.inf]  # rate limit per callback (rclpy throttles per call site)
-
-        @functools.wraps(callback)
-        def guarded(*args):
-            try:
-                return callback(*args)
-            except Exception as exc:  # noqa: BLE001 - nothing may stop the executor
-                now = time.monotonic()
-                log = now - last_logged[0] >= WARN_PERIOD
-                if log:
-                    last_logged[0] = now
-                self._report_error(f"{name} failed: {type(exc).__name__}: {exc}", traceback.format_exc(), log=log)
-                if len(args) == 2 and hasattr(args[1], "success"):  # (request, response)
-                    response = args[1]
-                    response.success = False
-                    if hasattr(response, "message"):
-                        response.message = f"{type(exc).__name__}: {exc}"
-                    return response
-                return None
-
-        return guarded
+        return super().create_timer(period, guarded(callback, self._report_error, WARN_PERIOD), *args, **kwargs)
 
     def _report_error(self, text: str, trace: str = "", log: bool = True) -> None:
         """Log an error (with its traceback when given) and keep it for /diagnostics."""
         self._last_error = text
         if log:
             self.get_logger().error(f"{text}\n{trace.rstrip()}" if trace else text)
+
+    def _forget_camera(self) -> None:
+        """Per-world input state: what the last image and camera_info said."""
+        self._last_stamp: int | None = None  # ns of the newest accepted image
+        self._image_size: tuple[int, int] | None = None  # (width, height) of the newest accepted image
+        self._image_frame = ""
+        self._camera_info: CameraInfo | None = None
 
     def _start_diagnostics(self, period: float) -> None:
         if self._diagnostics_timer is not None:
@@ -260,7 +167,7 @@ class Human3RNode(LifecycleNode):
         return self._transition("cleanup", self._cleanup, state, self._release)
 
     def _undo_activate(self) -> None:
-        self._stop_processing()
+        self._stop_processing(STOP_TIMEOUT)
         super().on_deactivate(None)
 
     def _configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -271,7 +178,7 @@ class Human3RNode(LifecycleNode):
             self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE
         if settings.publish_hri_bodies and hri_bodies.IdsList is None:
-            self.get_logger().error(
+            self._report_error(
                 "configure failed: publish_hri_bodies is true but hri_msgs (ROS4HRI) is not installed: "
                 "install ros-<distro>-hri-msgs or set publish_hri_bodies to false")
             return TransitionCallbackReturn.FAILURE
@@ -285,51 +192,44 @@ class Human3RNode(LifecycleNode):
         self.get_logger().info(f"precision {self._loaded.precision.dtype}: {self._loaded.precision.reason}")
         if self._loaded.warning:
             self.get_logger().warning(self._loaded.warning)
-        if TFMessage is None:
-            self.get_logger().warning("tf2_msgs is not installed: no /tf is published (tf_mode and body frames "
-                                      "have no effect); install ros-<distro>-tf2-msgs for TF")
 
-        self._outputs = _Outputs(
-            humans=self.create_lifecycle_publisher(HumanArray, "humans", _EVENT_QOS),
-            tf=None if TFMessage is None else self.create_lifecycle_publisher(TFMessage, "/tf", _TF_QOS),
-            cloud=self.create_lifecycle_publisher(PointCloud2, "cloud", _FRAME_QOS),
-            map=self.create_lifecycle_publisher(PointCloud2, "map_cloud", _LATCHED_QOS),
-            markers=self.create_lifecycle_publisher(MarkerArray, "markers", _EVENT_QOS),
-            path=self.create_lifecycle_publisher(Path, "camera_path", _FRAME_QOS),
-            depth=self.create_lifecycle_publisher(Image, "depth/image", _FRAME_QOS),
-            depth_info=self.create_lifecycle_publisher(CameraInfo, "depth/camera_info", _FRAME_QOS),
-            camera_info=self.create_lifecycle_publisher(CameraInfo, "estimated_camera_info", _FRAME_QOS),
-        )
+        try:
+            self._outputs = Outputs(self, settings, self._loaded.faces, self._stats)
+        except OutputFrameUnavailable as exc:
+            self._report_error(f"configure failed: {exc}")
+            self._loaded = None
+            return TransitionCallbackReturn.FAILURE
+        self._processor = FrameProcessor(self, self._loaded, self._outputs, self._stats, lambda: self._settings,
+                                         lambda: self._camera_info, self._bad_message)
+        self._check = check_compressed if settings.compressed_input else check_image
         self._service_handles = [
             self.create_service(Trigger, "~/reset", self._on_reset),
             self.create_service(SetBool, "~/enable", self._on_enable),
         ]
         self._start_diagnostics(settings.diagnostics_period)
-        self._map = VoxelMap(settings.map_voxel_size, settings.map_max_points)
-        self._hri = hri_bodies.HriBodies(self) if settings.publish_hri_bodies else None
-        self._motion = TrackMotion(settings.track_timeout)
-        self._reset_outputs()
         self._lifecycle_state = "inactive"
         self._last_error = ""
         return TransitionCallbackReturn.SUCCESS
 
     def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._straggler is not None:
+            if not self._straggler.wait(STOP_TIMEOUT):
+                raise RuntimeError(f"the frame that outlived the last deactivation is still running after "
+                                   f"{STOP_TIMEOUT:g} s more")
+            self._straggler = None
         settings = self._settings
         enabled = super().on_activate(state)  # enables the lifecycle publishers
         if enabled != TransitionCallbackReturn.SUCCESS:
             return enabled
-        self._stats = NodeStats()
+        self._stats.restart()
         self._last_stamp = None
-        self._frame_period = None
-        self._last_processed = -math.inf
-        self._worker = InferenceWorker(self._process, self._reset_state, self._on_worker_error)
+        self._processor.resume()
+        self._worker = InferenceWorker(self._processor.process, self._processor.reset, self._on_frame_error)
         self._worker.start()
         qos = input_qos(settings.image_qos)
         if settings.compressed_input:
-            self._check, self._decode = check_compressed, decode_compressed
             image_sub = self.create_subscription(CompressedImage, self._compressed_topic(), self._on_image, qos)
         else:
-            self._check, self._decode = check_image, decode_image
             image_sub = self.create_subscription(Image, "image", self._on_image, qos)
         self._inputs = [
             image_sub,
@@ -349,7 +249,7 @@ class Human3RNode(LifecycleNode):
         return self.resolve_topic_name("image") + "/compressed"
 
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
+        self._stop_processing(STOP_TIMEOUT)
         super().on_deactivate(state)
         self._lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
@@ -362,51 +262,64 @@ class Human3RNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             # Bounded: a process shutting down must not wait out a multi-second CPU frame.
-            self._stop_processing(timeout=SHUTDOWN_JOIN_TIMEOUT)
+            self._stop_processing(SHUTDOWN_TIMEOUT)
             self._release()
         except Exception as exc:  # noqa: BLE001 - shutting down regardless
             self._report_error(f"shutdown: {type(exc).__name__}: {exc}", traceback.format_exc())
         self._lifecycle_state = "finalized"
-        self.get_logger().info("shut down: inference thread stopped, model released")
+        self.get_logger().info("shut down")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._report_error(f"error while leaving state {state.label}: releasing everything")
         try:
-            self._stop_processing()
+            self._stop_processing(STOP_TIMEOUT)
             self._release()
         except Exception as exc:  # noqa: BLE001
             self._report_error(f"error recovery: {type(exc).__name__}: {exc}", traceback.format_exc())
         self._lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_processing(self, timeout: float | None = None) -> None:
+    def _stop_processing(self, timeout: float) -> None:
+        """No new input, then the inference thread stops after its frame in progress; a frame
+        still running after ``timeout`` s is cancelled: it publishes nothing."""
         for subscription in self._inputs:
             self.destroy_subscription(subscription)
         self._inputs = []
-        if self._worker is not None:
-            if not self._worker.stop(timeout):  # waits for the frame in progress
-                self.get_logger().warning(f"a frame was still being processed after {timeout} s: abandoning it")
-            self._worker = None
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if worker.stop(timeout):
+            self.get_logger().info("inference thread stopped")
+            return
+        self._processor.cancel()
+        self._straggler = worker
+        self.get_logger().warning(f"a frame was still being processed after {timeout:g} s: it is cancelled "
+                                  "(publishes nothing) and keeps the model until it ends")
 
     def _release(self) -> None:
+        """Outputs, services and the model go (the model stays with a frame still running)."""
         if self._outputs is not None:
-            for publisher in vars(self._outputs).values():
-                if publisher is not None:
-                    self.destroy_lifecycle_publisher(publisher)
+            self._outputs.close()
             self._outputs = None
-        if self._hri is not None:
-            self._hri.close()
-            self._hri = None
+            self.get_logger().info("outputs closed")
         for service in self._service_handles:
             self.destroy_service(service)
         self._service_handles = []
-        device = self._loaded.device if self._loaded is not None else None
-        self._loaded = None
-        self._map = None
+        self._processor = None
+        loaded, self._loaded = self._loaded, None
+        self._forget_camera()
+        restore_cpu_threads()
+        if loaded is None:
+            return
+        if self._straggler is not None and self._straggler.running:
+            self.get_logger().warning("model released by the node: the cancelled frame frees it when it ends")
+            return
+        del loaded
         gc.collect()
-        if device is not None and device.type == "cuda":
+        if torch.cuda.is_initialized():
             torch.cuda.empty_cache()
+        self.get_logger().info("model released")
 
     # ------------------------------------------------------------------ parameters
 
@@ -460,6 +373,7 @@ class Human3RNode(LifecycleNode):
             )
             worker.request_reset()
         self._last_stamp = stamp
+        self._image_size, self._image_frame = (width, height), msg.header.frame_id
         if worker.submit(msg):
             self._stats.count(DROPPED)
 
@@ -467,7 +381,7 @@ class Human3RNode(LifecycleNode):
     def _check_frame_id(frame_id: str, settings) -> None:
         """A header frame_id the node would publish (camera_frame unset) must be a frame name."""
         if settings.camera_frame or not frame_id:
-            return  # the parameter wins; no frame_id falls back to FALLBACK_CAMERA_FRAME
+            return  # the parameter wins; no frame_id falls back to outputs.FALLBACK_CAMERA_FRAME
         reason = parameters.valid_frame_name(frame_id)
         if reason:
             raise ImageDecodeError(f"header frame_id {reason}")
@@ -475,25 +389,31 @@ class Human3RNode(LifecycleNode):
             raise ImageDecodeError(f"header frame_id {frame_id!r} is the world frame")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        if conversions.valid_intrinsics(msg.k):
+        problem = camera_info_problem(msg, self._settings.max_image_pixels, self._image_size, self._image_frame)
+        if not problem:
             self._camera_info = msg
             return
         # Dropped like any bad input: the last valid camera_info stays in use.
         self._stats.count(BAD_INFO)
-        self.get_logger().warning(
-            "camera_info has an invalid K (all zero: uncalibrated camera?); ignoring it",
-            throttle_duration_sec=30.0,
-        )
+        self.get_logger().warning(f"ignoring camera_info: {problem}", throttle_duration_sec=WARN_PERIOD)
 
     def _bad_message(self, error: Exception) -> None:
         self._stats.count(BAD)
         self.get_logger().warning(f"dropping image message: {error}", throttle_duration_sec=WARN_PERIOD)
 
+    def _on_frame_error(self, error: BaseException) -> None:
+        """A frame raised (on the inference thread): counted, shown as the last error, logged
+        with its traceback (rate-limited); the next frame goes on."""
+        text = f"frame failed: {type(error).__name__}: {error}"
+        self._stats.error(f"{type(error).__name__}: {error}")
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self._report_error(text, trace, log=self._frame_errors())
+
     def _on_reset(self, request, response):
         if self._worker is not None:
             self._worker.request_reset()  # applied on the inference thread, before the next frame
         else:
-            self._reset_state()
+            self._processor.reset()
         response.success = True
         response.message = "reconstruction, tracks, trajectory and map reset"
         return response
@@ -509,216 +429,27 @@ class Human3RNode(LifecycleNode):
 
     def bounded_sizes(self) -> dict[str, int]:
         """Sizes of every structure that grows with the run, each with a bound."""
-        loaded, voxel_map = self._loaded, self._map
-        return {
-            "map points": 0 if voxel_map is None else voxel_map.size,
-            "camera path poses": len(self._path),
-            "tracks in the bank": 0 if loaded is None else loaded.engine.tracks,
-            "markers shown": self._markers.shown,
-        }
+        processor = self._processor
+        if processor is None:
+            return {"map points": 0, "camera path poses": 0, "markers shown": 0, "tracks in the bank": 0}
+        return processor.sizes()
+
+    def _state(self) -> NodeState:
+        loaded, processor = self._loaded, self._processor
+        state = NodeState(self._lifecycle_state, self._enabled, self._last_error, self.bounded_sizes())
+        if loaded is None or processor is None:
+            return state
+        hardware_id, device_values = loaded.device_report()
+        estimated, from_info = processor.focal
+        return replace(state, model=loaded.description,
+                       precision=f"{loaded.precision.dtype} ({loaded.precision.reason})",
+                       hardware_id=hardware_id, device_values=device_values,
+                       focal_estimated=estimated, focal_camera_info=from_info)
 
     def _publish_diagnostics(self) -> None:
-        loaded = self._loaded
-        state = {
-            "lifecycle state": self._lifecycle_state,
-            "last error": self._last_error or "none",
-            **{key: str(value) for key, value in self.bounded_sizes().items()},
-            "enabled": str(self._enabled).lower(),
-            "model": loaded.description if loaded is not None else "not loaded",
-            "precision": f"{loaded.precision.dtype} ({loaded.precision.reason})" if loaded is not None else "n/a",
-            "estimated focal (px, model input)": f"{self._focal['estimated']:.1f}",
-            "camera_info focal (px, model input)": f"{self._focal['camera_info']:.1f}",
-        }
-        device = loaded.device if loaded is not None else None
-        hardware_id = "none"
-        if device is not None:
-            hardware_id = str(device)
-            if device.type == "cuda":
-                hardware_id = f"{device} ({torch.cuda.get_device_name(device)})"
-                state["device memory allocated (MiB)"] = f"{torch.cuda.memory_allocated(device) / 2**20:.0f}"
-                state["device memory peak (MiB)"] = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
-        msg = diagnostics_msg(
-            self.get_clock().now().to_msg(),
-            f"{self.get_fully_qualified_name()}: inference",
-            hardware_id,
-            self._stats.take_window(),
-            state,
-            idle_reason=self._idle_reason(),
-            node_error=self._last_error if self._lifecycle_state == "unconfigured" else "",
-        )
-        self._diagnostics_pub.publish(msg)
-
-    def _idle_reason(self) -> str:
-        if self._lifecycle_state != "active":
-            return f"{self._lifecycle_state}: not processing"
-        return "" if self._enabled else "disabled through ~/enable"
-
-    # ------------------------------------------------------------------ inference thread
-
-    def _on_worker_error(self, error: BaseException) -> None:
-        self._stats.error(f"{type(error).__name__}: {error}")
-        self.get_logger().error(f"frame failed: {type(error).__name__}: {error}", throttle_duration_sec=WARN_PERIOD)
-
-    def _reset_state(self) -> None:
-        self._loaded.engine.reset()
-        self._reset_outputs()
-
-    def _reset_outputs(self) -> None:
-        self._map.clear()
-        self._markers.reset()
-        self._path.clear()
-        self._last_map_publish = -math.inf
-
-    def _age(self, stamp) -> float:
-        return (self.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
-
-    def _process(self, msg) -> None:
-        settings = self._settings
-        now = time.monotonic()
-        if math.isfinite(self._last_processed):
-            period = now - self._last_processed
-            self._frame_period = period if self._frame_period is None else 0.8 * self._frame_period + 0.2 * period
-        self._last_processed = now
-        if settings.max_image_age > 0.0:
-            age = self._age(msg.header.stamp)
-            if age > settings.max_image_age:
-                self._stats.count(STALE)
-                self.get_logger().warning(
-                    f"skipping a frame {age:.2f} s old (max_image_age {settings.max_image_age} s)",
-                    throttle_duration_sec=WARN_PERIOD,
-                )
-                return
-        try:
-            rgb = self._decode(msg, settings.max_image_pixels)
-        except ImageDecodeError as exc:
-            self._bad_message(exc)
-            return
-        wanted = self._wanted(settings)
-        engine = self._loaded.engine
-        flags = wanted.engine_flags(settings)
-        if any(getattr(engine.config, name) != value for name, value in flags.items()):
-            engine.config = replace(engine.config, **flags)
-        result = engine.step(rgb, msg.header.stamp)
-
-        start = time.perf_counter()
-        self._publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
-        timings = dict(result.timings, publish=time.perf_counter() - start)
-        self._stats.processed(self._age(msg.header.stamp), timings, len(result.people))
-        self._record_focal(result, rgb.shape[:2])
-
-    def _wanted(self, settings) -> _Wanted:
-        out = self._outputs
-
-        def subscribed(publisher) -> bool:
-            return publisher.get_subscription_count() > 0
-
-        markers = settings.publish_markers and subscribed(out.markers)
-        return _Wanted(
-            humans=subscribed(out.humans),
-            cloud=settings.publish_cloud and subscribed(out.cloud),
-            markers=markers,
-            mesh=markers and settings.publish_mesh
-            and time.monotonic() - self._last_mesh >= settings.mesh_publish_period,
-            depth=settings.publish_depth and (subscribed(out.depth) or subscribed(out.depth_info)),
-            camera_info=settings.publish_camera_info and subscribed(out.camera_info),
-        )
-
-    def _update_tracks(self, result, settings, now: float):
-        """Track states for this frame: (alive tracks, ended tracks); ended ids leave the engine."""
-        motion = self._motion
-        motion.timeout = settings.track_timeout
-        ended = motion.reset() if result.reset else []
-        observations = [(p.track_id, _pelvis_world(p), p) for p in result.people]
-        alive, ended_now = motion.update(now, observations)
-        ended += ended_now
-        if ended_now:
-            self._loaded.engine.forget_tracks([t.track_id for t in ended_now])
-        return alive, ended
-
-    def _publish(self, result, image_header: Header, settings, wanted: _Wanted, source_wh) -> None:
-        out = self._outputs
-        stamp = image_header.stamp
-        camera_frame = settings.camera_frame or image_header.frame_id
-        if not camera_frame:
-            camera_frame = FALLBACK_CAMERA_FRAME
-            self.get_logger().warning(
-                f"image header has no frame_id and camera_frame is unset: using '{camera_frame}'",
-                throttle_duration_sec=60.0,
-            )
-        world = Header(stamp=stamp, frame_id=settings.world_frame)
-        camera = Header(stamp=stamp, frame_id=camera_frame)
-
-        transform = conversions.camera_transform(
-            result.cam_to_world, settings.world_frame, camera_frame, settings.tf_mode, stamp
-        )
-        now = Time.from_msg(stamp).nanoseconds * 1e-9
-        alive, ended = self._update_tracks(result, settings, now)
-        transforms = [] if transform is None else [transform]
-        if settings.publish_body_tf:
-            transforms += conversions.body_transforms(result, camera_frame, settings.body_frame_prefix, stamp)
-        if self._hri is not None:
-            transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
-        if transforms and out.tf is not None:
-            out.tf.publish(TFMessage(transforms=transforms))
-        if wanted.humans:
-            out.humans.publish(
-                conversions.humans_msg(result, world, camera_frame, settings.publish_vertices, alive + ended, now)
-            )
-        if self._hri is not None:
-            self._hri.publish(world, [t for t in alive if t.state != LOST], ended)
-        self._publish_points(result, world, settings, wanted)
-        if wanted.markers:
-            faces = self._loaded.faces if wanted.mesh else None
-            lifetime = self._marker_lifetime()
-            mesh_lifetime = lifetime + 2.0 * settings.mesh_publish_period
-            lost = [t.track_id for t in alive if t.state == LOST]
-            out.markers.publish(
-                self._markers.update(world, result.people, faces, lifetime, mesh_lifetime, keep=lost))
-            if wanted.mesh:
-                self._last_mesh = time.monotonic()
-        if settings.publish_path:
-            if self._path.maxlen != settings.path_max_poses:
-                self._path = deque(self._path, maxlen=settings.path_max_poses)
-            self._path.append(conversions.path_pose(result.cam_to_world, world))
-            if out.path.get_subscription_count() > 0:
-                out.path.publish(conversions.path_msg(self._path, world))
-        resized_wh = result.resized_size or source_wh
-        if wanted.depth:
-            out.depth.publish(conversions.depth_msg(result.points_cam, camera))
-            out.depth_info.publish(conversions.depth_camera_info_msg(result.K, result.crop_box, resized_wh, camera))
-        if wanted.camera_info:
-            K_source = conversions.intrinsics_in_source(
-                conversions.intrinsics_in_resized(result.K, result.crop_box), resized_wh, source_wh
-            )
-            out.camera_info.publish(conversions.camera_info_msg(K_source, (source_wh[1], source_wh[0]), camera))
-
-    def _marker_lifetime(self) -> float:
-        """A few inference periods: markers outlive the gap to the next frame, not the node."""
-        low, high = MARKER_LIFETIME_RANGE
-        period = self._frame_period if self._frame_period is not None else low
-        return min(max(MARKER_LIFETIME_PERIODS * period, low), high)
-
-    def _publish_points(self, result, world: Header, settings, wanted: _Wanted) -> None:
-        if wanted.cloud and "cloud" in result.selections:
-            chosen = result.selections["cloud"]
-            self._outputs.cloud.publish(conversions.cloud_msg(chosen.points, chosen.colors(result.rgb), world))
-        if not settings.publish_map or "map" not in result.selections:
-            return
-        chosen = result.selections["map"]
-        self._map.add(chosen.points, chosen.colors(result.rgb))
-        now = time.monotonic()
-        # Published whenever it changed, subscribers or not: transient local keeps it for late joiners.
-        if now - self._last_map_publish >= settings.map_publish_period and self._map.merge():
-            self._outputs.map.publish(conversions.cloud_msg(self._map.points, self._map.colors, world))
-            self._last_map_publish = now
-
-    def _record_focal(self, result, image_hw: tuple[int, int]) -> None:
-        """The model's focal next to the camera's (both in model-input pixels), for diagnostics:
-        Human3R has no intrinsics input, so a large mismatch explains scale and shape errors."""
-        self._focal["estimated"] = float(result.K[0, 0])
-        info = self._camera_info
-        matches = info is not None and (info.height, info.width) == tuple(image_hw)
-        self._focal["camera_info"] = float(info.k[0] * result.scale) if matches else math.nan
+        self._diagnostics_pub.publish(node_status(
+            self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: inference",
+            self._state(), self._stats.take_window()))
 
 
 def _stamp_ns(stamp) -> int:
@@ -726,8 +457,3 @@ def _stamp_ns(stamp) -> int:
     if stamp.sec < 0 or not 0 <= stamp.nanosec < _NANOSECONDS:
         raise ImageDecodeError(f"invalid header stamp (sec {stamp.sec}, nanosec {stamp.nanosec})")
     return stamp.sec * _NANOSECONDS + stamp.nanosec
-
-
-def _pelvis_world(person):
-    """The pelvis in the world frame (the head for a person without a body)."""
-    return person.head_world if person.joints_world is None else person.joints_world[0]

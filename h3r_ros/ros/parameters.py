@@ -12,7 +12,7 @@ names and the camera/world pair by ``validate``, which runs for start-up values 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -28,191 +28,211 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _BODY_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A consistent snapshot of all parameter values (the worker reads one per frame)."""
-
-    checkpoint: str = ""
-    variant: str = ""
-    allow_random_weights: bool = False
-    smplx_dir: str = ""
-    device: str = "auto"
-    cpu_threads: int = 0
-    dtype: str = "auto"
-    compile: bool = False
-    compile_image_width: int = 640
-    compile_image_height: int = 480
-    input_size: int = 512
-    reset_interval: int = 100
-    ttt3r: bool = True
-    max_people: int = 20
-    detection_threshold: float = 0.3
-    track_match_threshold: float = 0.2
-    world_frame: str = "world"
-    camera_frame: str = ""
-    tf_mode: str = "world_to_camera"
-    publish_body_tf: bool = False
-    body_frame_prefix: str = "body_"
-    publish_hri_bodies: bool = False
-    track_timeout: float = 5.0
-    compressed_input: bool = False
-    image_qos: str = "sensor_data"
-    max_image_age: float = 0.0
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    stamp_jump_threshold: float = 1.0
-    publish_cloud: bool = True
-    publish_map: bool = True
-    publish_markers: bool = True
-    publish_mesh: bool = False
-    publish_path: bool = True
-    publish_depth: bool = True
-    publish_camera_info: bool = True
-    publish_vertices: bool = False
-    cloud_conf_threshold: float = 2.0
-    cloud_stride: int = 2
-    cloud_max_points: int = 50000
-    map_voxel_size: float = 0.05
-    map_max_points: int = 500000
-    map_publish_period: float = 1.0
-    map_exclude_humans: bool = True
-    mesh_publish_period: float = 1.0
-    path_max_poses: int = 10000
-    diagnostics_period: float = 1.0
-    autostart: bool = True
+_POS_INT_MAX = 2**31 - 1  # rclpy integers are int64; this bound is what a user can mean
 
 
 @dataclass(frozen=True)
-class _Spec:
+class Spec:
+    """How one parameter is declared and checked (its name and default live in ``Settings``)."""
+
     description: str
     live: bool = False
     choices: tuple[str, ...] = ()
-    min_value: float | None = None  # inclusive lower bound for numbers
+    min_value: float | None = None  # inclusive bounds for numbers
     max_value: float | None = None
+    step: int = 1  # integers: the value minus min_value is a multiple of this
     when: str = ""  # when the value is read, if neither per frame (live) nor on configure
 
 
-_POS_INT_MAX = 2**31 - 1
-_SPECS: dict[str, _Spec] = {
-    "checkpoint": _Spec("Human3R checkpoint (.pth); '' = the first human3r*.pth found in models/ "
-                        "(next to the package sources or its share directory)."),
-    "variant": _Spec("Model variant (672S, 672B, 672L, 896L); '' = read from the checkpoint. "
-                     "Only needed with random weights.", choices=VARIANTS),
-    "allow_random_weights": _Spec("Start with random weights when no checkpoint is found (testing "
-                                  "the plumbing only; the outputs are meaningless)."),
-    "smplx_dir": _Spec("Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/. "
-                       "Without the file: people without bodies (Human.has_body false)."),
-    "device": _Spec("Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
-    "cpu_threads": _Spec("Threads of the model's CPU operations (torch intra-op threads, process-wide); "
-                         "0 = torch's default, one per core. Lower it to leave cores to other nodes.",
-                         min_value=0, max_value=1024),
-    "dtype": _Spec("Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
-                   "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
-                   "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES),
-    "compile": _Spec("torch.compile the model's fixed-shape stages (encoder, DINOv2, dense heads) at "
-                     "configure, for frames of compile_image_width x compile_image_height (tens of "
-                     "seconds to minutes); frames of another size compile again when they arrive."),
-    "compile_image_width": _Spec("Width of the camera's frames, px: with compile, the model is compiled "
-                                 "and warmed up for this frame size at configure.", min_value=16,
-                                 max_value=16384),
-    "compile_image_height": _Spec("Height of the camera's frames, px (see compile_image_width).",
-                                  min_value=16, max_value=16384),
-    "input_size": _Spec("Long side of the model input in pixels, a multiple of 16 (the released "
-                        "models were trained at 512).", min_value=64, max_value=2048),
-    "reset_interval": _Spec("Re-anchor the recurrent state every N frames, chaining poses so the world "
-                            "stays continuous (bounds drift on long runs); 0 = never.",
-                            min_value=0, max_value=_POS_INT_MAX),
-    "max_people": _Spec("Track at most this many people per frame, the highest detection scores "
-                        "(bounds the per-frame cost in crowds); 0 = no limit.", min_value=0,
-                        max_value=_POS_INT_MAX),
-    "detection_threshold": _Spec("Head-detection score a person needs (the released models use 0.3; "
-                                 "lower finds more people and more false ones).", min_value=0.0,
-                                 max_value=1.0),
-    "track_match_threshold": _Spec("Matching score a person needs to keep an existing track id (the "
-                                   "released models use 0.2; higher switches ids more readily).",
-                                   min_value=0.0, max_value=1.0),
-    "ttt3r": _Spec("Use the TTT3R per-token state update rate (better on long sequences)."),
-    "world_frame": _Spec("Frame of every world-frame output (x forward, y left, z up; anchored at the "
-                         "camera of the first frame after a reset)."),
-    "camera_frame": _Spec("Camera optical frame (x right, y down, z forward) used for TF and camera "
-                          "outputs; '' = the image header's frame_id.", live=True),
-    "tf_mode": _Spec("'world_to_camera' publishes world -> camera (standalone camera); "
-                     "'camera_to_world' publishes camera -> world (camera already has a parent in "
-                     "the robot's TF tree); 'none' publishes no camera TF.", live=True, choices=TF_MODES),
-    "publish_body_tf": _Spec("Publish a TF frame per person (REP-155): camera optical frame -> "
-                             "<body_frame_prefix><track_id>, origin at the pelvis, x forward, y left, "
-                             "z up. Parented to the camera, so it works in every tf_mode.", live=True),
-    "body_frame_prefix": _Spec("Prefix of the per-person TF frames (REP-155 names them body_<id>: "
-                               "ids must start with a letter).", live=True),
-    "publish_hri_bodies": _Spec("Publish the REP-155 (ROS4HRI) body interface: /humans/bodies/tracked "
-                                "(hri_msgs/IdsList) and per body /humans/bodies/<id>/position and "
-                                "/velocity plus the TF frame body_<id> (ids b<track_id>). Needs hri_msgs: "
-                                "configure fails with a clear error without it."),
-    "track_timeout": _Spec("Seconds (image stamps) a track may stay unseen, reported as lost, before "
-                           "it ends: reported once as ended, its markers deleted, its id not matched "
-                           "again.", live=True, min_value=0.0),
-    "compressed_input": _Spec("Subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg or png; "
-                              "image_transport's name, following any remap of 'image') instead of image "
-                              "(sensor_msgs/Image)."),
-    "image_qos": _Spec("Image and camera_info subscription QoS, depth 1: 'sensor_data' (best effort, "
-                       "matches any publisher) or 'reliable'.", choices=IMAGE_QOS),
-    "max_image_age": _Spec("Skip frames whose stamp is older than this many seconds when inference "
-                           "would start (counted in diagnostics); 0 = off.", live=True, min_value=0.0),
-    "max_image_pixels": _Spec("Refuse images with more pixels than this (raw, and compressed ones from "
-                              "their header, before decoding): bounds the memory one message can take.",
-                              live=True, min_value=1, max_value=_POS_INT_MAX),
-    "stamp_jump_threshold": _Spec("An image stamped earlier than the previous one by less than this many "
-                                  "seconds is dropped as out of order (counted); a larger backwards jump "
-                                  "(bag loop, clock reset) resets the reconstruction.", live=True,
-                                  min_value=0.0),
-    "publish_cloud": _Spec("Publish the current frame's point cloud on 'cloud'.", live=True),
-    "publish_map": _Spec("Accumulate a voxel map and publish it on 'map_cloud' (transient local).", live=True),
-    "publish_markers": _Spec("Publish skeleton markers on 'markers'.", live=True),
-    "publish_mesh": _Spec("Add SMPL-X meshes (TRIANGLE_LIST) to 'markers' every mesh_publish_period.",
-                          live=True),
-    "publish_path": _Spec("Publish the camera trajectory on 'camera_path'.", live=True),
-    "publish_depth": _Spec("Publish the depth as a camera pair: 'depth/image' (z of the camera-frame "
-                           "points in metres, 32FC1, model-input resolution) and 'depth/camera_info' "
-                           "(the model's intrinsics; its roi places the depth image in the source image "
-                           "resized to the info's width x height).", live=True),
-    "publish_camera_info": _Spec("Publish the model's estimated intrinsics for the source image's "
-                                 "resolution on 'estimated_camera_info'.", live=True),
-    "publish_vertices": _Spec("Fill Human.vertices (10475 SMPL-X vertices per person) in 'humans'.",
-                              live=True),
-    "cloud_conf_threshold": _Spec("Keep points whose confidence (>= 1) exceeds this.", live=True,
-                                  min_value=0.0),
-    "cloud_stride": _Spec("Keep every N-th pixel in each image direction for 'cloud' and the map.",
-                          live=True, min_value=1, max_value=64),
-    "cloud_max_points": _Spec("Upper bound on points in 'cloud' (evenly subsampled beyond it).", live=True,
-                              min_value=1, max_value=_POS_INT_MAX),
-    "map_voxel_size": _Spec("Voxel edge of the accumulated map in metres.", min_value=0.001),
-    "map_max_points": _Spec("Upper bound on map points; the oldest voxels go first.",
-                            min_value=1, max_value=_POS_INT_MAX),
-    "map_publish_period": _Spec("Seconds between map publications (only when it changed).", live=True,
-                                min_value=0.0),
-    "map_exclude_humans": _Spec("Leave pixels the model marks as human out of the map (moving people "
-                                "would smear it).", live=True),
-    "mesh_publish_period": _Spec("Seconds between mesh marker updates (meshes are large).", live=True,
-                                 min_value=0.0),
-    "path_max_poses": _Spec("Upper bound on poses kept in 'camera_path' (oldest dropped).", live=True,
-                            min_value=1, max_value=_POS_INT_MAX),
-    "diagnostics_period": _Spec("Seconds between /diagnostics messages.", min_value=0.05),
-    "autostart": _Spec("Configure and activate at start-up.", when="Read by the executable at start-up."),
-}
+def _param(default, description: str, **spec):
+    return field(default=default, metadata={"spec": Spec(description, **spec)})
 
-LIVE_PARAMETERS = frozenset(name for name, spec in _SPECS.items() if spec.live)
+
+@dataclass(frozen=True)
+class Settings:
+    """Every parameter, declared once: type, default and ``Spec``. An instance is a consistent
+    snapshot of all values (the worker reads one per frame)."""
+
+    checkpoint: str = _param(
+        "", "Human3R checkpoint (.pth); '' = the first human3r*.pth found in models/ "
+        "(next to the package sources or its share directory).")
+    variant: str = _param(
+        "", "Model variant (672S, 672B, 672L, 896L); '' = read from the checkpoint. "
+        "Only needed with random weights.", choices=VARIANTS)
+    allow_random_weights: bool = _param(
+        False, "Start with random weights when no checkpoint is found (testing "
+        "the plumbing only; the outputs are meaningless).")
+    smplx_dir: str = _param(
+        "", "Folder with SMPLX_NEUTRAL.npz (or its parent holding smplx/); '' = models/. "
+        "Without the file: people without bodies (Human.has_body false).")
+    device: str = _param(
+        "auto", "Inference device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    cpu_threads: int = _param(
+        0, "Threads of the model's CPU operations (torch intra-op threads, process-wide); "
+        "0 = torch's default, one per core. Lower it to leave cores to other nodes.",
+        min_value=0, max_value=1024)
+    dtype: str = _param(
+        "auto", "Inference precision: 'auto' = bfloat16 where the hardware computes it natively "
+        "(CPU with AMX or AVX512-BF16, CUDA compute capability >= 8.0), else float32; "
+        "'float32' (reference) or 'bfloat16' to force one.", choices=DTYPE_CHOICES)
+    compile: bool = _param(
+        False, "torch.compile the model's fixed-shape stages (encoder, DINOv2, dense heads) at "
+        "configure, for frames of compile_image_width x compile_image_height (tens of "
+        "seconds to minutes); frames of another size compile again when they arrive.")
+    compile_image_width: int = _param(
+        640, "Width of the camera's frames, px: with compile, the model is compiled "
+        "and warmed up for this frame size at configure.", min_value=16,
+        max_value=16384)
+    compile_image_height: int = _param(
+        480, "Height of the camera's frames, px (see compile_image_width).",
+        min_value=16, max_value=16384)
+    input_size: int = _param(
+        512, "Long side of the model input in pixels, a multiple of 16 (the released "
+        "models were trained at 512).", min_value=64, max_value=2048, step=INPUT_SIZE_STEP)
+    reset_interval: int = _param(
+        100, "Re-anchor the recurrent state every N frames, chaining poses so the world "
+        "stays continuous (bounds drift on long runs); 0 = never.",
+        min_value=0, max_value=_POS_INT_MAX)
+    ttt3r: bool = _param(
+        True, "Use the TTT3R per-token state update rate (better on long sequences).")
+    max_people: int = _param(
+        20, "Track at most this many people per frame, the highest detection scores "
+        "(bounds the per-frame cost in crowds); 0 = no limit.", min_value=0,
+        max_value=_POS_INT_MAX)
+    detection_threshold: float = _param(
+        0.3, "Head-detection score a person needs (the released models use 0.3; "
+        "lower finds more people and more false ones).", min_value=0.0,
+        max_value=1.0)
+    track_match_threshold: float = _param(
+        0.2, "Matching score a person needs to keep an existing track id (the "
+        "released models use 0.2; higher switches ids more readily).",
+        min_value=0.0, max_value=1.0)
+    world_frame: str = _param(
+        "world", "Frame of every world-frame output (x forward, y left, z up; anchored at the "
+        "camera of the first frame after a reset).")
+    camera_frame: str = _param(
+        "", "Camera optical frame (x right, y down, z forward) used for TF and camera "
+        "outputs; '' = the image header's frame_id.", live=True)
+    output_frame: str = _param(
+        "", "Frame of 'humans' and the REP-155 bodies: '' = world_frame. Set to a frame of the robot's "
+        "TF tree (odom, map, base_link): each image's people are placed there through tf2's "
+        "output_frame <- camera at the image stamp, velocities are estimated there (a fixed frame "
+        "such as odom removes the robot's own motion), and output_frame -> world_frame is published "
+        "on /tf_static at the first frame after start and reset, so clouds, map and markers (kept in "
+        "world_frame) land in the robot's tree too. The camera then has its parent in the robot's "
+        "tree: tf_mode must be 'none'.")
+    output_frame_timeout: float = _param(
+        0.1, "Seconds the inference thread waits for the output_frame <- camera transform of an "
+        "image; without it by then, that image's people are dropped (counted, warned).", live=True,
+        min_value=0.0, max_value=5.0)
+    tf_mode: str = _param(
+        "world_to_camera", "'world_to_camera' publishes world -> camera (standalone camera); "
+        "'camera_to_world' publishes camera -> world (camera already has a parent in "
+        "the robot's TF tree); 'none' publishes no camera TF.", live=True, choices=TF_MODES)
+    publish_body_tf: bool = _param(
+        False, "Publish a TF frame per person (REP-155): camera optical frame -> "
+        "<body_frame_prefix><track_id>, origin at the pelvis, x forward, y left, "
+        "z up. Parented to the camera, so it works in every tf_mode. With publish_hri_bodies "
+        "the person's one frame is REP-155's body_b<track_id> instead.", live=True)
+    body_frame_prefix: str = _param(
+        "body_", "Prefix of the per-person TF frames (REP-155 names them body_<id>: "
+        "ids must start with a letter).", live=True)
+    publish_hri_bodies: bool = _param(
+        False, "Publish the REP-155 (ROS4HRI) body interface: /humans/bodies/tracked "
+        "(hri_msgs/IdsList) and per body /humans/bodies/<id>/position and "
+        "/velocity plus the TF frame body_<id> (ids b<track_id>). Needs hri_msgs: "
+        "configure fails with a clear error without it.")
+    track_timeout: float = _param(
+        5.0, "Seconds (image stamps) a track may stay unseen, reported as lost, before "
+        "it ends: reported once as ended, its markers deleted, its id not matched "
+        "again.", live=True, min_value=0.0)
+    compressed_input: bool = _param(
+        False, "Subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg or png; "
+        "image_transport's name, following any remap of 'image') instead of image "
+        "(sensor_msgs/Image).")
+    image_qos: str = _param(
+        "sensor_data", "Image and camera_info subscription QoS, depth 1: 'sensor_data' (best effort, "
+        "matches any publisher) or 'reliable'.", choices=IMAGE_QOS)
+    max_image_age: float = _param(
+        0.0, "Skip frames whose stamp is older than this many seconds when inference "
+        "would start (counted in diagnostics); 0 = off.", live=True, min_value=0.0)
+    max_image_pixels: int = _param(
+        DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this (raw, and compressed ones from "
+        "their header, before decoding): bounds the memory one message can take.",
+        live=True, min_value=1, max_value=_POS_INT_MAX)
+    stamp_jump_threshold: float = _param(
+        1.0, "An image stamped earlier than the previous one by less than this many "
+        "seconds is dropped as out of order (counted); a larger backwards jump "
+        "(bag loop, clock reset) resets the reconstruction.", live=True,
+        min_value=0.0)
+    publish_cloud: bool = _param(
+        True, "Publish the current frame's point cloud on 'cloud'.", live=True)
+    publish_map: bool = _param(
+        True, "Accumulate a voxel map and publish it on 'map_cloud' (transient local).", live=True)
+    publish_markers: bool = _param(
+        True, "Publish skeleton markers on 'markers'.", live=True)
+    publish_mesh: bool = _param(
+        False, "Add SMPL-X meshes (TRIANGLE_LIST) to 'markers' every mesh_publish_period.",
+        live=True)
+    publish_path: bool = _param(
+        True, "Publish the camera trajectory on 'camera_path'.", live=True)
+    publish_depth: bool = _param(
+        True, "Publish the depth as a camera pair: 'depth/image' (z of the camera-frame "
+        "points in metres, 32FC1, model-input resolution) and 'depth/camera_info' "
+        "(the model's intrinsics; its roi places the depth image in the source image "
+        "resized to the info's width x height).", live=True)
+    publish_camera_info: bool = _param(
+        True, "Publish the model's estimated intrinsics for the source image's "
+        "resolution on 'estimated_camera_info'.", live=True)
+    publish_vertices: bool = _param(
+        False, "Fill Human.vertices (10475 SMPL-X vertices per person) in 'humans'.",
+        live=True)
+    cloud_conf_threshold: float = _param(
+        2.0, "Keep points whose confidence (>= 1) exceeds this.", live=True,
+        min_value=0.0)
+    cloud_stride: int = _param(
+        2, "Keep every N-th pixel in each image direction for 'cloud' and the map.",
+        live=True, min_value=1, max_value=64)
+    cloud_max_points: int = _param(
+        50000, "Upper bound on points in 'cloud' (evenly subsampled beyond it).", live=True,
+        min_value=1, max_value=_POS_INT_MAX)
+    map_voxel_size: float = _param(
+        0.05, "Voxel edge of the accumulated map in metres.", min_value=0.001)
+    map_max_points: int = _param(
+        500000, "Upper bound on map points; the oldest voxels go first.",
+        min_value=1, max_value=_POS_INT_MAX)
+    map_publish_period: float = _param(
+        1.0, "Seconds between map publications (only when it changed).", live=True,
+        min_value=0.0)
+    map_exclude_humans: bool = _param(
+        True, "Leave pixels the model marks as human out of the map (moving people "
+        "would smear it).", live=True)
+    mesh_publish_period: float = _param(
+        1.0, "Seconds between mesh marker updates (meshes are large).", live=True,
+        min_value=0.0)
+    path_max_poses: int = _param(
+        10000, "Upper bound on poses kept in 'camera_path' (oldest dropped).", live=True,
+        min_value=1, max_value=_POS_INT_MAX)
+    diagnostics_period: float = _param(
+        1.0, "Seconds between /diagnostics messages.", min_value=0.05)
+    autostart: bool = _param(
+        True, "Configure and activate at start-up.", when="Read by the executable at start-up.")
+
+
+SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in fields(Settings)}
+LIVE_PARAMETERS = frozenset(name for name, spec in SPECS.items() if spec.live)
 DEFAULTS = Settings()
 
 
-def _descriptor(name: str, spec: _Spec, default) -> ParameterDescriptor:
+def _descriptor(name: str, spec: Spec, default) -> ParameterDescriptor:
     when = spec.when or ("Takes effect on the next frame." if spec.live else "Read when the node is configured.")
     descriptor = ParameterDescriptor(name=name, description=f"{spec.description} {when}")
     if spec.choices:
         descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.min_value is not None and not isinstance(default, bool):
         if isinstance(default, int):
-            step = INPUT_SIZE_STEP if name == "input_size" else 1
-            bound = IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=step)
-            descriptor.integer_range = [bound]
+            upper = _POS_INT_MAX if spec.max_value is None else int(spec.max_value)
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.min_value), to_value=upper, step=spec.step)]
         else:
             upper = float("inf") if spec.max_value is None else float(spec.max_value)
             descriptor.floating_point_range = [
@@ -232,7 +252,7 @@ def declare(node) -> dict[str, str]:
     errors = {}
     for f in fields(Settings):
         default = getattr(DEFAULTS, f.name)
-        descriptor = _descriptor(f.name, _SPECS[f.name], default)
+        descriptor = _descriptor(f.name, SPECS[f.name], default)
         try:
             node.declare_parameter(f.name, default, descriptor)
         except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
@@ -264,13 +284,11 @@ def valid_frame_name(name: str) -> str:
 def validate(name: str, value, current) -> str:
     """'' if ``value`` is acceptable for parameter ``name``, else the reason. ``current(name)``
     gives the value of another parameter (for checks that involve two)."""
-    spec = _SPECS.get(name)
+    spec = SPECS.get(name)
     if spec is None:
         return ""
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(repr(c) for c in spec.choices)}, got {value!r}"
-    if name == "input_size" and isinstance(value, int) and value % INPUT_SIZE_STEP:
-        return f"input_size must be a multiple of {INPUT_SIZE_STEP}, got {value}"
     if name == "device" and isinstance(value, str) and not _DEVICE.fullmatch(value):
         return f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}"
     if name in ("world_frame", "camera_frame") and isinstance(value, str):
@@ -282,6 +300,15 @@ def validate(name: str, value, current) -> str:
         other = "camera_frame" if name == "world_frame" else "world_frame"
         if value == current(other):
             return f"{name} must differ from {other} (both {value!r})"
+    if name == "output_frame" and isinstance(value, str) and value:
+        reason = valid_frame_name(value)
+        if reason:
+            return f"output_frame: {reason}"
+        if value in (current("world_frame"), current("camera_frame")):
+            return f"output_frame must differ from world_frame and camera_frame, got {value!r}"
+    if name in ("output_frame", "tf_mode") and current("output_frame") and current("tf_mode") not in ("none", None):
+        return ("output_frame places the world in the robot's TF tree (output_frame -> world_frame) and "
+                "the camera's pose comes from that tree: set tf_mode to 'none'")
     if name == "body_frame_prefix" and isinstance(value, str) and not _BODY_PREFIX.fullmatch(value):
         return (f"body_frame_prefix must start with a letter and hold only letters, digits and '_' "
                 f"(frames are named <prefix><track id>), got {value!r}")
@@ -312,4 +339,4 @@ def check_settings(settings: Settings) -> list[str]:
 
 def documented_defaults() -> dict[str, tuple[object, str]]:
     """name -> (default, description), for documentation and the yaml consistency test."""
-    return {f.name: (getattr(DEFAULTS, f.name), _SPECS[f.name].description) for f in fields(Settings)}
+    return {f.name: (getattr(DEFAULTS, f.name), SPECS[f.name].description) for f in fields(Settings)}

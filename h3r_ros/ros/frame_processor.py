@@ -1,0 +1,97 @@
+"""The inference thread's job: one image message -> decoded frame -> engine step -> outputs.
+
+A ``FrameProcessor`` runs on the InferenceWorker's thread only (a reset while no worker runs
+is the one call from the executor thread). It owns the engine and the ``Outputs`` for as long
+as the node is configured; the node reads only ``focal`` and ``sizes`` from it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+from typing import Callable
+
+from rclpy.time import Time
+
+from h3r_ros.ros.diagnostics import STALE, NodeStats
+from h3r_ros.ros.engine_loader import LoadedEngine
+from h3r_ros.ros.image_decoding import ImageDecodeError, decode_compressed, decode_image
+from h3r_ros.ros.outputs import Outputs
+
+WARN_PERIOD = 5.0  # s between repeated warnings of one kind
+
+
+class FrameProcessor:
+    def __init__(self, node, loaded: LoadedEngine, outputs: Outputs, stats: NodeStats, settings: Callable,
+                 camera_info: Callable, on_bad: Callable[[Exception], None]) -> None:
+        """``settings()`` gives the current parameters.Settings, ``camera_info()`` the last
+        valid CameraInfo (or None); ``on_bad(error)`` counts an undecodable message."""
+        self._node = node
+        self._loaded = loaded
+        self._outputs = outputs
+        self._stats = stats
+        self._settings = settings
+        self._camera_info = camera_info
+        self._on_bad = on_bad
+        self._decode = decode_compressed if settings().compressed_input else decode_image
+        self._cancelled = threading.Event()
+        self.focal = (math.nan, math.nan)  # (model's, camera_info's), px of the model input
+
+    def cancel(self) -> None:
+        """The frame in progress (one that outlived a transition) publishes nothing."""
+        self._cancelled.set()
+
+    def resume(self) -> None:
+        self._cancelled.clear()
+
+    def sizes(self) -> dict[str, int]:
+        return {**self._outputs.sizes(), "tracks in the bank": self._loaded.engine.tracks}
+
+    def reset(self) -> None:
+        self._loaded.engine.reset()
+        self._outputs.reset()
+
+    def process(self, msg) -> None:
+        settings = self._settings()
+        if settings.max_image_age > 0.0:
+            age = self._age(msg.header.stamp)
+            if age > settings.max_image_age:
+                self._stats.count(STALE)
+                self._node.get_logger().warning(
+                    f"skipping a frame {age:.2f} s old (max_image_age {settings.max_image_age} s)",
+                    throttle_duration_sec=WARN_PERIOD,
+                )
+                return
+        try:
+            rgb = self._decode(msg, settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            self._on_bad(exc)
+            return
+        wanted = self._outputs.wanted(settings)
+        engine = self._loaded.engine
+        flags = wanted.engine_flags(settings)
+        if any(getattr(engine.config, name) != value for name, value in flags.items()):
+            engine.config = replace(engine.config, **flags)
+        result = engine.step(rgb, msg.header.stamp)
+        if self._cancelled.is_set():
+            return
+
+        start = time.perf_counter()
+        ended = self._outputs.publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
+        if ended:
+            engine.forget_tracks(ended)
+        timings = dict(result.timings, publish=time.perf_counter() - start)
+        self._stats.processed(self._age(msg.header.stamp), timings, len(result.people))
+        self._record_focal(result, rgb.shape[:2])
+
+    def _age(self, stamp) -> float:
+        return (self._node.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
+
+    def _record_focal(self, result, image_hw: tuple[int, int]) -> None:
+        """The model's focal next to the camera's (both in model-input pixels), for diagnostics:
+        Human3R has no intrinsics input, so a large mismatch explains scale and shape errors."""
+        info = self._camera_info()
+        matches = info is not None and (info.height, info.width) == tuple(image_hw)
+        self.focal = (float(result.K[0, 0]), float(info.k[0] * result.scale) if matches else math.nan)
