@@ -8,16 +8,12 @@ import pytest
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.time import Time
-from ros_tools import require_modules
+from ros_helpers import RosHarness, image_msg, stamp_key, tiny_assets, wait_until
+from sensor_msgs.msg import Image
+from tf_helpers import TfListener, rigid_from  # without tf2, test/conftest.py skips this module
 
-require_modules("tf2_ros", "tf2_msgs.msg")
-
-from ros_helpers import RosHarness, image_msg, stamp_key, tiny_assets, wait_until  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from tf_helpers import TfListener, rigid_from  # noqa: E402
-
-from h3r_ros.msg import HumanArray  # noqa: E402
-from h3r_ros.ros.node import Human3RNode  # noqa: E402
+from h3r_ros.msg import HumanArray
+from h3r_ros.ros.node import Human3RNode
 
 WORLD = "world"
 CAMERA = "camera_optical"  # the images' frame_id
