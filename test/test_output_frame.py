@@ -15,7 +15,7 @@ from ros_tools import require_modules
 from geometry_msgs.msg import TransformStamped
 from rclpy.time import Time
 from ros_helpers import image_msg, settings_for, stamp_key, stamp_of, tiny_assets, wait_until
-from test_node_topics import CAMERA, STEP_TIMEOUT, Rig, pose_matrix, transform_matrix
+from test_node_topics import CAMERA, LATCHED, STEP_TIMEOUT, Rig, pose_matrix, transform_matrix
 from tf2_msgs.msg import TFMessage
 
 from h3r_ros.msg import Human
@@ -130,8 +130,10 @@ def test_the_world_is_fixed_in_odom_and_read_back_through_tf2(rig):
         assert wait_until(lambda: buffer.can_transform(ODOM, "world", Time()), 10.0)
         anchor: TransformStamped = buffer.lookup_transform(ODOM, "world", Time())
         np.testing.assert_allclose(transform_matrix(anchor.transform), expected, atol=1e-5)
-        assert (anchor.header.stamp.sec, anchor.header.stamp.nanosec) == (first.header.stamp.sec,
-                                                                           first.header.stamp.nanosec)
+        # tf2 keeps static transforms without a stamp (a lookup says 0); the message has the image's.
+        static = rig.ros.collect(TFMessage, "/tf_static", LATCHED).wait_for()[-1]
+        assert [(t.header.frame_id, t.child_frame_id, stamp_key(t.header.stamp)) for t in static.transforms] == [
+            (ODOM, "world", stamp_key(first.header.stamp))]
         # The map is published in the world frame, which tf2 now places in odom.
         cloud = rig.out["map"].wait_for(lambda msgs: bool(msgs), STEP_TIMEOUT)[-1]
         assert cloud.header.frame_id == "world"
