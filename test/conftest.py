@@ -88,7 +88,8 @@ def pytest_configure(config):
 
 class _NeedsTf2(pytest.Module):
     """A test module that imports tf2, collected where tf2 is missing: skipped with the
-    reason (failed under CI=true) instead of an import error."""
+    reason (failed under CI=true) instead of an import error. It is decided here, before
+    launch_testing's plugin imports the module: an error or skip there stops all collection."""
 
     def collect(self):
         from ros_tools import require_modules
