@@ -251,5 +251,5 @@ def test_shutdown_sigint_ends_every_process_cleanly_within_two_seconds():
     node_seconds = exited["node"][1] - shutdown_at
     print(f"node shutdown after launch's SIGINT: {node_seconds:.2f} s")
     assert node_seconds < SHUTDOWN_BUDGET, node_text
-    assert "shut down: inference thread stopped, model released" in node_text
+    assert 0 <= node_text.find("model released") < node_text.find("]: shut down"), node_text
     assert "Traceback" not in node_text
