@@ -12,7 +12,8 @@ from ros_tools import REPO, VENDOR_DIR, _missing
 # Import name -> rosdep key, where they differ (ROS packages are their own keys).
 SYSTEM_KEYS = {"PIL": "python3-pil", "cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml",
                "torch": "python3-torch", "rosbags": "python3-rosbags-pip",
-               "huggingface_hub": "python3-huggingface-hub-pip", "httpx2": "python3-huggingface-hub-pip"}
+               "huggingface_hub": "python3-huggingface-hub-pip", "httpx2": "python3-huggingface-hub-pip",
+               "tf2_ros": "tf2_ros_py"}  # the Python tf2_ros is ROS 2's package tf2_ros_py
 PIP_ONLY = {"smplx", "roma", "safetensors"}  # no rosdep key: the README's pip line installs them
 
 
