@@ -501,11 +501,14 @@ def test_inputs_move_with_the_namespace_and_compressed_follows_the_image_remap(r
 
 
 def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
+    """REP-155 bodies with publish_body_tf on too: one frame per person, and its pose, the
+    REP-155 position and Human.pelvis of one image agree."""
     from geometry_msgs.msg import PointStamped, TwistStamped
+    from test_node_topics import pose_matrix, transform_matrix
     from hri_msgs.msg import IdsList
     from tf2_msgs.msg import TFMessage
 
-    params = tiny_assets().parameters(publish_hri_bodies=True, track_timeout=1e6)
+    params = tiny_assets().parameters(publish_hri_bodies=True, publish_body_tf=True, track_timeout=1e6)
     args = ["--ros-args", "-r", "__node:=human3r_hri", *[a for k, v in params.items()
                                                        for a in ("-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}")]]
     node = _configured_node(ros, args)
@@ -545,7 +548,15 @@ def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
             assert (twist.x, twist.y, twist.z) == (v.x, v.y, v.z)
         frames = {t.child_frame_id: t for m in tf.messages for t in m.transforms
                   if (t.header.stamp.sec, t.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)}
-        assert f"body_b{body.track_id}" in frames and frames[f"body_b{body.track_id}"].header.frame_id == "camera_optical"
+        # With publish_body_tf on as well, one frame per person: REP-155's name.
+        seen = [h for h in second.values() if h.track_state != Human.TRACK_LOST]
+        assert sorted(frames) == sorted([CAMERA, *(f"body_b{h.track_id}" for h in seen)])
+        body_tf = frames[f"body_b{body.track_id}"]
+        assert body_tf.header.frame_id == CAMERA
+        # ... and the same pose as Human.pelvis and the REP-155 position.
+        world_from_body = pose_matrix(humans.wait_stamp(stamp).camera_pose) @ transform_matrix(body_tf.transform)
+        np.testing.assert_allclose(world_from_body, pose_matrix(second[body.track_id].pelvis), atol=1e-5)
+        np.testing.assert_allclose(world_from_body[:3, 3], [point.point.x, point.point.y, point.point.z], atol=1e-5)
     finally:
         ros.probe.destroy_publisher(images)
         _finish(ros, node)

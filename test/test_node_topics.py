@@ -335,36 +335,6 @@ def test_body_frames_for_exactly_the_people_of_the_frame(rig):
         rig.set_params(publish_body_tf=False, tf_mode="world_to_camera", body_frame_prefix="body_")
 
 
-def test_a_frame_per_person_and_one_pose_per_person():
-    """With both body-frame options on, each person has one frame (REP-155's name), and its TF,
-    Human.pelvis and the REP-155 position of one image are the same pose."""
-    from geometry_msgs.msg import PointStamped
-
-    rig = Rig(publish_body_tf=True, publish_hri_bodies=True)
-    try:
-        humans = next((h for h in map(rig.send_frame, range(4)) if h.humans), None)
-        assert humans is not None, "the calibrated tiny model should detect people"
-        seen = [h for h in humans.humans if h.track_state != Human.TRACK_LOST]
-        positions = {h.track_id: rig.ros.collect(PointStamped, f"/humans/bodies/b{h.track_id}/position")
-                     for h in seen}
-        assert wait_until(lambda: all(c.matched() for c in positions.values()), 30.0)
-        humans = rig.send_frame(0)
-        stamp = humans.header.stamp
-        seen = {h.track_id: h for h in humans.humans if h.track_state != Human.TRACK_LOST}
-        frames = [t for t in tf_with_stamp(rig, stamp) if t.child_frame_id != CAMERA]
-        assert sorted(t.child_frame_id for t in frames) == sorted(f"body_b{i}" for i in seen)
-        world_from_camera = pose_matrix(humans.camera_pose)
-        for body in frames:
-            track_id = int(body.child_frame_id.removeprefix("body_b"))
-            pelvis = pose_matrix(seen[track_id].pelvis)
-            np.testing.assert_allclose(world_from_camera @ transform_matrix(body.transform), pelvis, **TOL)
-            if track_id in positions:
-                point = positions[track_id].wait_stamp(stamp).point
-                np.testing.assert_allclose([point.x, point.y, point.z], pelvis[:3, 3], atol=1e-6)
-    finally:
-        rig.close()
-
-
 def test_reset_service_clears_state_tracks_path_markers_and_map(rig):
     rig.send_frame(0)
     rig.send_frame(1)
