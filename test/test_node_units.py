@@ -485,6 +485,19 @@ def test_a_failing_compile_fails_configure_with_how_to_run_without_it(monkeypatc
         torch._dynamo.reset()
 
 
+def test_the_parameter_table_stays_light_and_in_step_with_the_engine():
+    """The launch file imports the table: it must not pull torch or OpenCV in, and the dtype
+    choices it declares must be the ones the engine accepts."""
+    import subprocess
+    import sys
+
+    from h3r_ros.engine.precision import DTYPE_CHOICES
+
+    assert parameters.SPECS["dtype"].choices == DTYPE_CHOICES
+    code = "import sys, h3r_ros.ros.parameters; print(sorted({'torch', 'cv2', 'smplx'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_integer_parameters_with_only_a_lower_bound_get_a_range():
     descriptor = parameters._descriptor("n", parameters.Spec("count", min_value=0), 5)
     (bound,) = descriptor.integer_range

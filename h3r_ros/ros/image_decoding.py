@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
+from h3r_ros.ros.parameters import DEFAULT_MAX_PIXELS
+
 
 class ImageDecodeError(ValueError):
     """The message cannot be turned into an RGB image; the text says why."""
@@ -34,7 +36,6 @@ _RAW_ENCODINGS = {
 }
 SUPPORTED_ENCODINGS = tuple(_RAW_ENCODINGS)
 _COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
-DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 MP: above any usual camera, ~50 MB as RGB
 # What the data must start with; anything else (webp, tiff, bmp, ... which OpenCV would also
 # decode) is refused. PIL reads only the header (the frame size) of these two formats.
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
-from h3r_ros.engine.precision import DTYPE_CHOICES
-from h3r_ros.ros.image_decoding import DEFAULT_MAX_PIXELS
+# Light imports only: the launch file reads this table (no torch, no OpenCV here).
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # engine.precision.DTYPE_CHOICES; a test keeps them equal
+DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 MP: above any usual camera, ~50 MB as RGB
 
 TF_MODES = ("world_to_camera", "camera_to_world", "none")
 IMAGE_QOS = ("sensor_data", "reliable")
