@@ -12,7 +12,7 @@ from ros_helpers import RosHarness, image_msg, stamp_key, tiny_assets, wait_unti
 from sensor_msgs.msg import Image
 from tf_helpers import TfListener, rigid_from  # without tf2, test/conftest.py skips this module
 
-from h3r_ros.msg import HumanArray
+from h3r_ros.msg import Human, HumanArray
 from h3r_ros.ros.node import Human3RNode
 
 WORLD = "world"
@@ -96,3 +96,24 @@ def test_tf_mode_none_gives_tf2_nothing(rig):
     finally:
         tf.close()
         rig.node.set_parameters([Parameter("tf_mode", value="world_to_camera")])
+
+
+def test_tf2_gives_each_person_at_their_pelvis(rig):
+    """Per-body frames (REP-155) below the camera: through tf2, world <- body_<id> at the
+    image stamp is Human.pelvis of that image."""
+    (result,) = rig.node.set_parameters([Parameter("publish_body_tf", value=True)])
+    assert result.successful
+    tf = rig.listen("world_to_camera")
+    try:
+        humans = next((h for h in (rig.send() for _ in range(4)) if h.humans), None)
+        assert humans is not None, "the calibrated tiny model should detect people"
+        seen = [h for h in humans.humans if h.track_state != Human.TRACK_LOST]
+        for person in seen:
+            frame = f"body_{person.track_id}"
+            body = tf.lookup(WORLD, frame, humans.header.stamp).transform
+            pelvis = rigid_from(person.pelvis.orientation, person.pelvis.position)
+            np.testing.assert_allclose(rigid_from(body.rotation, body.translation), pelvis, atol=1e-5)
+            assert tf.parents()[frame] == CAMERA
+    finally:
+        tf.close()
+        rig.node.set_parameters([Parameter("publish_body_tf", value=False)])
