@@ -36,6 +36,11 @@ class Person:
     vertices_cam: np.ndarray | None = None  # (10475, 3), only when requested
     vertices_world: np.ndarray | None = None  # (10475, 3), only when requested
 
+    @property
+    def position_world(self) -> np.ndarray:
+        """Where the person is: the pelvis joint, or the head for a person without a body."""
+        return self.head_world if self.joints_world is None else self.joints_world[0]
+
     def transformed(self, transform: np.ndarray) -> Person:
         """The same person with every ``*_world`` field in another frame: ``transform`` (4x4,
         rigid) maps the world to it. A stock SMPL-X forward of the new full pose and transl

@@ -66,8 +66,7 @@ class HriBodies:
         self._tracked.publish(IdsList(header=header, ids=[body_id(info.track_id) for info in seen]))
         for info in seen:
             position_pub, velocity_pub = self._publishers(info.track_id)
-            person, v = info.payload, info.velocity
-            p = person.head_world if person.joints_world is None else person.joints_world[0]
+            p, v = info.payload.position_world, info.velocity
             position_pub.publish(PointStamped(header=header, point=Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))))
             if np.isfinite(v).all():
                 twist = TwistStamped(header=header)

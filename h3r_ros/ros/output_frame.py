@@ -45,6 +45,7 @@ class OutputFrame:
         self._listener = tf2_ros.TransformListener(self._buffer, node, spin_thread=False)
         self._static = node.create_publisher(TFMessage, "/tf_static", _STATIC_QOS)
         self._anchored = False
+        self.error = ""  # why the last lookup failed
 
     def reset(self) -> None:
         """A new world: anchor it again at its first image."""

@@ -272,7 +272,7 @@ class Outputs:
         ended, self._unreported = self._unreported, []
         if result.reset:
             ended += motion.reset()
-        observations = [(p.track_id, _pelvis_world(p), p) for p in result.people]
+        observations = [(p.track_id, p.position_world, p) for p in result.people]
         alive, ended_now = motion.update(now, observations)
         return alive, ended + ended_now, [t.track_id for t in ended_now]
 
@@ -304,8 +304,3 @@ class Outputs:
         if now - self._last_map_publish >= settings.map_publish_period and self._map.merge():
             self._pubs["map"].publish(conversions.cloud_msg(self._map.points, self._map.colors, world))
             self._last_map_publish = now
-
-
-def _pelvis_world(person):
-    """The pelvis in the world frame (the head for a person without a body)."""
-    return person.head_world if person.joints_world is None else person.joints_world[0]
