@@ -78,9 +78,11 @@ fi
 
 # `source bin/activate` also sets what `. <venv>/setup.sh` sets (ament index, paths), so the
 # ros2 command finds this package. DDS settings are left to the user's network.
-ACTIVATE_LINE='. "$VIRTUAL_ENV/setup.sh"  # the ROS 2 environment of this venv (h3r_ros setup.sh)'
+# colcon's setup scripts read unset variables, so a shell with `set -u` sources them without it.
+ACTIVATE_LINE='case $- in *u*) set +u; . "$VIRTUAL_ENV/setup.sh"; set -u ;; *) . "$VIRTUAL_ENV/setup.sh" ;; esac  # the ROS 2 environment of this venv (h3r_ros setup.sh)'
 if ! grep -qxF "$ACTIVATE_LINE" "$VENV/bin/activate"; then
-  printf '\n%s\n' "$ACTIVATE_LINE" >> "$VENV/bin/activate"
+  sed -i '/# the ROS 2 environment of this venv (h3r_ros setup.sh)$/d' "$VENV/bin/activate"
+  printf '%s\n' "$ACTIVATE_LINE" >> "$VENV/bin/activate"
 fi
 
 # tf2 and the ROS 2 tools (launch, the ros2 command), from the vendored upstream sources.

@@ -136,6 +136,14 @@ def test_activate_alone_lets_ros2_find_the_package_its_interfaces_and_its_models
     assert lines[-1] == str(weights.default_dest().resolve()) == str(REPO / "models")
 
 
+def test_activate_works_in_a_shell_with_set_u_and_keeps_it(ros2_cli, tmp_path):
+    # Scripts often run with `set -euo pipefail`; colcon's setup scripts read unset variables.
+    out = bash(f"set -u\n{ACTIVATE}\nros2 pkg prefix h3r_ros\necho \"flags $-\"", user_env(tmp_path))
+    lines = out.splitlines()
+    assert lines[0] == str(VENV)
+    assert lines[-1].startswith("flags ") and "u" in lines[-1].split()[1]
+
+
 def test_ros2_run_and_topic_echo_after_activate(ros2_cli, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": tiny_assets().parameters()}}))
