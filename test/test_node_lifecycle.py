@@ -17,8 +17,9 @@ from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import RosHarness, image_msg, tiny_assets, wait_until
-from sensor_msgs.msg import Image
+from ros_helpers import RosHarness, image_msg, stamp_of, tiny_assets, wait_until
+from sensor_msgs.msg import Image, PointCloud2
+from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -169,7 +170,9 @@ SLOW_STEP = 3.0  # s each padded step takes: longer than the shutdown's wait (no
 class SlowFrame:
     """Pads the node's engine step to SLOW_STEP s and says when one has started."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, pad_first: bool = False) -> None:
+        """``pad_first``: the wait comes before the real step (whose writes to the engine state
+        then come last), instead of after it."""
         self.started = threading.Event()
         self.ended = threading.Event()
         engine = node._loaded.engine
@@ -178,6 +181,8 @@ class SlowFrame:
         def step(rgb, stamp):
             self.started.set()
             start = time.monotonic()
+            if pad_first:
+                time.sleep(SLOW_STEP)
             result = original(rgb, stamp)
             time.sleep(max(0.0, start + SLOW_STEP - time.monotonic()))
             self.ended.set()
@@ -186,10 +191,10 @@ class SlowFrame:
         engine.step = step
 
 
-def _start_slow_frame(node, ros):
+def _start_slow_frame(node, ros, pad_first: bool = False):
     """An active node in the middle of a slow frame; returns (its stamp, the humans collector)."""
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
-    slow = SlowFrame(node)
+    slow = SlowFrame(node, pad_first)
     humans = ros.collect(HumanArray, "humans")
     publisher = ros.probe.create_publisher(Image, "image", 1)
     assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched(), 30.0)
@@ -255,6 +260,61 @@ def test_cleanup_after_a_frame_outlived_deactivate(make_node, ros, capfd, monkey
     _process_one_frame(ros)
 
 
+def test_a_reset_while_a_cancelled_frame_runs_is_applied_before_the_next_frame(make_node, ros, monkeypatch):
+    monkeypatch.setattr(node_module, "STOP_TIMEOUT", 0.5)
+    node = make_node(**tiny_assets().parameters())
+    slow, _ = _start_slow_frame(node, ros, pad_first=True)
+    assert node.trigger_deactivate() == SUCCESS and not slow.ended.is_set()
+    # The cancelled frame has yet to write its step into the engine state.
+    response = ros.call(Trigger, f"/{node.get_name()}/reset", Trigger.Request())
+    assert response.success
+    assert slow.ended.wait(SLOW_STEP + 10.0) and node._straggler.wait(10.0)
+    assert node.trigger_activate() == SUCCESS
+    humans = _process_one_frame(ros)
+    assert humans.reset, "the first frame after the reset must start a new world"
+
+
+def test_outputs_want_nothing_once_closed(make_node):
+    node = make_node(**tiny_assets().parameters())
+    assert node.trigger_configure() == SUCCESS
+    outputs, settings = node._outputs, node._settings
+    assert node.trigger_cleanup() == SUCCESS  # closes the outputs
+    wanted = outputs.wanted(settings)  # a frame that outlived the cleanup asks this
+    assert not any(vars(wanted).values())
+
+
+def test_map_is_built_only_for_subscribers_and_a_late_joiner_gets_the_latest(make_node, ros):
+    from h3r_ros.ros.outputs import LATCHED_QOS
+
+    node = make_node(**tiny_assets().parameters())
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    voxel_map = node._outputs._map
+    merges = []
+    merge = voxel_map.merge
+    voxel_map.merge = lambda: merges.append(time.monotonic()) or merge()
+    humans = ros.collect(HumanArray, "humans")
+    publisher = ros.probe.create_publisher(Image, "image", 1)
+    assert wait_until(lambda: publisher.get_subscription_count() > 0 and humans.matched(), 30.0)
+
+    def frame(k: int):
+        stamp = stamp_of(1000.0 + k)
+        publisher.publish(image_msg(tiny_assets().frames[k % 8], stamp))
+        return humans.wait_stamp(stamp, 120.0)
+
+    for k in range(3):
+        frame(k)
+    assert voxel_map.size > 0 and merges == []  # accumulated, never merged nor sent
+    joined = ros.collect(PointCloud2, "map_cloud", LATCHED_QOS)
+    assert wait_until(joined.matched, 30.0)
+    frame(3)
+    latest = joined.wait_stamp(stamp_of(1003.0), 30.0)  # sent at once, not after map_publish_period
+    assert len(merges) == 1 and latest.width == voxel_map.points.shape[0] > 0
+    # Transient local: one who joins later, with no new frame, gets that same map.
+    later = ros.collect(PointCloud2, "map_cloud", LATCHED_QOS)
+    assert later.wait_for(timeout=30.0)[-1].width == latest.width
+    ros.probe.destroy_publisher(publisher)
+
+
 # ------------------------------------------------------------------ executable
 
 
@@ -296,8 +356,9 @@ def _stop(process: subprocess.Popen, sig: int) -> int:
             process.wait()
 
 
-def _process_one_frame(ros) -> None:
-    """Proves the inference thread runs (and is joined) when the signal arrives."""
+def _process_one_frame(ros):
+    """Proves the inference thread runs (and is joined) when the signal arrives; returns the
+    first HumanArray."""
     humans = ros.collect(HumanArray, "humans")
     publisher = ros.probe.create_publisher(Image, "image", 1)
     try:
@@ -309,6 +370,7 @@ def _process_one_frame(ros) -> None:
             publisher.publish(image_msg(tiny_assets().frames[0], ros.probe.get_clock().now().to_msg()))
             wait_until(lambda: bool(humans.messages), 2.0)
         assert humans.messages, "timed out on /humans"
+        return humans.messages[0]
     finally:
         ros.probe.destroy_publisher(publisher)
         ros.probe.destroy_subscription(humans.subscription)

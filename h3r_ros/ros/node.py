@@ -96,6 +96,9 @@ class Human3RNode(LifecycleNode):
         self._inputs: list = []
         self._worker: InferenceWorker | None = None
         self._straggler: InferenceWorker | None = None  # stopped, its frame still running
+        # A reset asked for while a cancelled frame still writes to the engine: applied before
+        # the next frame instead, so that frame's writes cannot undo it.
+        self._reset_pending = False
         self._check = check_image
         self._forget_camera()
         # Diagnostics also report an unconfigured or inactive node: not lifecycle-managed.
@@ -225,6 +228,9 @@ class Human3RNode(LifecycleNode):
         self._last_stamp = None
         self._processor.resume()
         self._worker = InferenceWorker(self._processor.process, self._processor.reset, self._on_frame_error)
+        if self._reset_pending:
+            self._worker.request_reset()
+            self._reset_pending = False
         self._worker.start()
         qos = input_qos(settings.image_qos)
         if settings.compressed_input:
@@ -307,6 +313,7 @@ class Human3RNode(LifecycleNode):
             self.destroy_service(service)
         self._service_handles = []
         self._processor = None
+        self._reset_pending = False  # the next configure starts a new world anyway
         loaded, self._loaded = self._loaded, None
         self._forget_camera()
         restore_cpu_threads()
@@ -412,6 +419,8 @@ class Human3RNode(LifecycleNode):
     def _on_reset(self, request, response):
         if self._worker is not None:
             self._worker.request_reset()  # applied on the inference thread, before the next frame
+        elif self._straggler is not None and self._straggler.running:
+            self._reset_pending = True  # applied when the node is activated again
         else:
             self._processor.reset()
         response.success = True

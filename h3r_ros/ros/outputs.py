@@ -7,7 +7,9 @@ also waits out a publication in progress, and after it nothing is published, so 
 that outlives a transition cannot publish on destroyed publishers.
 
 QoS: per-frame outputs reliable volatile; humans and markers keep a short queue (their
-per-track ids and DELETE actions matter); map_cloud transient local for late joiners.
+per-track ids and DELETE actions matter); map_cloud transient local for late joiners. The map's
+points accumulate every frame, but the map is merged and sent only while map_cloud has a
+subscriber, and at once when one joins.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class Wanted:
         }
 
 
+NOTHING_WANTED = Wanted(humans=False, cloud=False, markers=False, mesh=False, depth=False, camera_info=False)
+
+
 class Outputs:
     def __init__(self, node, settings, faces, stats) -> None:
         """Publishers on ``node`` (a LifecycleNode) and fresh output state; ``faces``: SMPL-X
@@ -114,6 +119,7 @@ class Outputs:
         self._unreported: list = []  # tracks that ended on an image whose people were dropped
         self._path: deque = deque(maxlen=settings.path_max_poses)
         self._last_map_publish = -math.inf
+        self._map_subscribers = 0  # subscribers of map_cloud when it was last looked at
         self._last_mesh = -math.inf
         self._last_publish = -math.inf
         self._frame_period: float | None = None  # smoothed s between published frames
@@ -131,6 +137,13 @@ class Outputs:
         return self._pubs[name].get_subscription_count()
 
     def wanted(self, settings) -> Wanted:
+        """What to compute for the next frame; nothing once closed (the publishers are gone)."""
+        with self._lock:
+            if self._closed:
+                return NOTHING_WANTED
+            return self._wanted(settings)
+
+    def _wanted(self, settings) -> Wanted:
         def subscribed(name: str) -> bool:
             return self.subscription_count(name) > 0
 
@@ -298,9 +311,13 @@ class Outputs:
         if not settings.publish_map or "map" not in result.selections:
             return
         chosen = result.selections["map"]
-        self._map.add(chosen.points, chosen.colors(result.rgb))
+        self._map.add(chosen.points, chosen.colors(result.rgb))  # kept growing (bounded) for later subscribers
+        subscribers = self.subscription_count("map")
+        joined, self._map_subscribers = subscribers > self._map_subscribers, subscribers
+        if not subscribers:
+            return  # merged and sent only for someone; a late joiner gets it at its first frame
         now = time.monotonic()
-        # Published whenever it changed, subscribers or not: transient local keeps it for late joiners.
-        if now - self._last_map_publish >= settings.map_publish_period and self._map.merge():
+        due = joined or now - self._last_map_publish >= settings.map_publish_period
+        if due and self._map.merge():
             self._pubs["map"].publish(conversions.cloud_msg(self._map.points, self._map.colors, world))
             self._last_map_publish = now
