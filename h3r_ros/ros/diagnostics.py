@@ -177,6 +177,7 @@ class NodeState:
     device_values: dict[str, str] = field(default_factory=dict)  # e.g. CUDA memory figures
     focal_estimated: float = math.nan  # px, model input
     focal_camera_info: float = math.nan
+    tf: str = "n/a"  # what the node publishes on TF and why (outputs.Outputs.tf_status)
 
     @property
     def idle_reason(self) -> str:
@@ -196,6 +197,7 @@ def node_status(stamp, name: str, state: NodeState, window: Window) -> Diagnosti
         "enabled": str(state.enabled).lower(),
         "model": state.model,
         "precision": state.precision,
+        "TF": state.tf,
         "estimated focal (px, model input)": f"{state.focal_estimated:.1f}",
         "camera_info focal (px, model input)": f"{state.focal_camera_info:.1f}",
         **state.device_values,

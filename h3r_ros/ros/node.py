@@ -58,6 +58,7 @@ from h3r_ros.ros.image_decoding import ImageDecodeError, check_compressed, check
 from h3r_ros.ros.inference_worker import InferenceWorker
 from h3r_ros.ros.output_frame import OutputFrameUnavailable
 from h3r_ros.ros.outputs import Outputs
+from h3r_ros.ros.tf_tree import TfTree
 
 NODE_NAME = "human3r_node"
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
@@ -91,6 +92,7 @@ class Human3RNode(LifecycleNode):
         self._frame_errors = RateLimit(WARN_PERIOD)
         self._loaded: LoadedEngine | None = None
         self._outputs: Outputs | None = None
+        self._tree: TfTree | None = None
         self._processor: FrameProcessor | None = None
         self._service_handles: list = []
         self._inputs: list = []
@@ -186,9 +188,15 @@ class Human3RNode(LifecycleNode):
                 "install ros-<distro>-hri-msgs or set publish_hri_bodies to false")
             return TransitionCallbackReturn.FAILURE
         try:
+            # Listening from here on, the robot's tree is known by the first image.
+            self._tree = TfTree(self, settings.tf_listen_time)
+        except ImportError:
+            self._tree = None
+        try:
             self._loaded = load_engine(settings)
         except LoadError as exc:
             self._report_error(f"configure failed: {exc}")
+            self._release()
             return TransitionCallbackReturn.FAILURE
         self._settings = settings
         self.get_logger().info(f"loaded Human3R: {self._loaded.description}")
@@ -197,10 +205,10 @@ class Human3RNode(LifecycleNode):
             self.get_logger().warning(self._loaded.warning)
 
         try:
-            self._outputs = Outputs(self, settings, self._loaded.faces, self._stats)
+            self._outputs = Outputs(self, settings, self._loaded.faces, self._stats, self._tree)
         except OutputFrameUnavailable as exc:
             self._report_error(f"configure failed: {exc}")
-            self._loaded = None
+            self._release()
             return TransitionCallbackReturn.FAILURE
         self._processor = FrameProcessor(self, self._loaded, self._outputs, self._stats, lambda: self._settings,
                                          lambda: self._camera_info, self._bad_message)
@@ -309,6 +317,9 @@ class Human3RNode(LifecycleNode):
             self._outputs.close()
             self._outputs = None
             self.get_logger().info("outputs closed")
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
         for service in self._service_handles:
             self.destroy_service(service)
         self._service_handles = []
@@ -450,7 +461,8 @@ class Human3RNode(LifecycleNode):
             return state
         hardware_id, device_values = loaded.device_report()
         estimated, from_info = processor.focal
-        return replace(state, model=loaded.description,
+        outputs = self._outputs
+        return replace(state, model=loaded.description, tf=outputs.tf_status if outputs is not None else "n/a",
                        precision=f"{loaded.precision.dtype} ({loaded.precision.reason})",
                        hardware_id=hardware_id, device_values=device_values,
                        focal_estimated=estimated, focal_camera_info=from_info)

@@ -35,7 +35,8 @@ from h3r_ros.ros import conversions, hri_bodies
 from h3r_ros.ros.diagnostics import NO_TRANSFORM
 from h3r_ros.ros.map_accumulator import VoxelMap
 from h3r_ros.ros.markers import TrackMarkers
-from h3r_ros.ros.output_frame import OutputFrame
+from h3r_ros.ros.output_frame import OutputFrame, OutputFrameUnavailable
+from h3r_ros.ros.tf_tree import TfPlan, TfTree, anchor_problem, plan_tf
 
 try:
     from tf2_msgs.msg import TFMessage
@@ -98,14 +99,24 @@ NOTHING_WANTED = Wanted(humans=False, cloud=False, markers=False, mesh=False, de
 
 
 class Outputs:
-    def __init__(self, node, settings, faces, stats) -> None:
+    def __init__(self, node, settings, faces, stats, tree: TfTree | None) -> None:
         """Publishers on ``node`` (a LifecycleNode) and fresh output state; ``faces``: SMPL-X
         triangles for mesh markers (None without a body model); ``stats``: the NodeStats that
-        count images whose people could not be placed in output_frame."""
+        count images whose people could not be placed in output_frame; ``tree``: the robot's
+        TF tree (None without tf2_ros: then no camera or world transform is published)."""
         self._node = node
         self._faces = faces
         self._stats = stats
-        self._output_frame = OutputFrame(node, settings.output_frame) if settings.output_frame else None
+        self._tree = tree
+        if settings.output_frame and tree is None:
+            raise OutputFrameUnavailable(
+                f"output_frame {settings.output_frame!r} needs tf2_ros, which is not installed: install "
+                "ros-<distro>-tf2-ros or leave output_frame empty")
+        self._output_frame = OutputFrame(node, tree, settings.output_frame) if settings.output_frame else None
+        self._anchor: OutputFrame | None = None  # the world under the robot's tree (TfPlan.anchor)
+        self._plan: TfPlan | None = None
+        self.tf_status = "no image yet" if tree is not None else (
+            "tf2_ros is not installed: no camera or world transform is published (install ros-<distro>-tf2-ros)")
         self._lock = threading.Lock()  # one publication at a time, and none after close
         self._closed = False
         self._pubs = {name: node.create_lifecycle_publisher(*topic) for name, topic in _TOPICS.items()}
@@ -165,8 +176,9 @@ class Outputs:
         self._markers.reset()
         self._path.clear()
         self._last_map_publish = -math.inf
-        if self._output_frame is not None:
-            self._output_frame.reset()
+        for anchor in (self._output_frame, self._anchor):
+            if anchor is not None:
+                anchor.reset()
 
     def publish(self, result, image_header: Header, settings, wanted: Wanted, source_wh) -> list[int]:
         """Everything for one frame, stamped with the image's stamp. Returns the ids of the
@@ -186,9 +198,10 @@ class Outputs:
             if self._hri is not None:
                 self._hri.close()
                 self._hri = None
-            if self._output_frame is not None:
-                self._output_frame.close()
-                self._output_frame = None
+            for anchor in (self._output_frame, self._anchor):
+                if anchor is not None:
+                    anchor.close()
+            self._output_frame = self._anchor = None
 
     def _publish(self, result, image_header: Header, settings, wanted: Wanted, source_wh) -> list[int]:
         out = self._pubs
@@ -205,10 +218,7 @@ class Outputs:
         camera = Header(stamp=stamp, frame_id=camera_frame)
 
         now = Time.from_msg(stamp).nanoseconds * 1e-9
-        transform = conversions.camera_transform(
-            result.cam_to_world, settings.world_frame, camera_frame, settings.tf_mode, stamp
-        )
-        transforms = [] if transform is None else [transform]
+        transforms = self._camera_transforms(result, camera_frame, settings, stamp)
         people = self._people_in_output_frame(result, camera_frame, settings, stamp)
         ended_now = []
         if people is None and result.reset:  # the old world's tracks end; reported with the next people
@@ -250,6 +260,45 @@ class Outputs:
             )
             out["camera_info"].publish(conversions.camera_info_msg(K_source, (source_wh[1], source_wh[0]), camera))
         return ended_now
+
+    def _camera_transforms(self, result, camera_frame: str, settings, stamp) -> list:
+        """The camera transform of tf_mode if the robot's tree lets the node publish it; the
+        world anchored under the tree instead where the camera already has a parent."""
+        if self._tree is None or "tf" not in self._pubs:
+            return []
+        plan = plan_tf(settings.tf_mode, settings.world_frame, camera_frame, self._tree.parents())
+        if plan.anchor:
+            if self._anchor is None or self._anchor.frame != plan.anchor:
+                self._close_anchor()
+                self._anchor = OutputFrame(self._node, self._tree, plan.anchor)
+            if not self._anchor.anchored and self._anchor.from_world(
+                    result, camera_frame, settings.world_frame, stamp, settings.output_frame_timeout) is None:
+                self._node.get_logger().warning(
+                    f"cannot anchor {settings.world_frame} under {plan.anchor} yet: no transform {plan.anchor} <- "
+                    f"{camera_frame} at the image stamp ({self._anchor.error})", throttle_duration_sec=TF_WARN_PERIOD)
+        else:
+            self._close_anchor()
+        self._report_plan(plan, settings.world_frame)
+        if plan.edge is None:
+            return []
+        self._tree.publishing(*plan.edge)
+        return [conversions.camera_transform(result.cam_to_world, settings.world_frame, camera_frame,
+                                             settings.tf_mode, stamp)]
+
+    def _close_anchor(self) -> None:
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
+
+    def _report_plan(self, plan: TfPlan, world_frame: str) -> None:
+        """Say once (log and /diagnostics) what the node does with TF, and why."""
+        frame = self._output_frame
+        problem = "" if frame is None else anchor_problem(world_frame, frame.frame, self._tree.parents())
+        status = problem or plan.describe()
+        if plan != self._plan or status != self.tf_status:
+            log = self._node.get_logger()
+            (log.warning if plan.note or problem else log.info)(f"TF: {status}")
+        self._plan, self.tf_status = plan, status
 
     def _people_in_output_frame(self, result, camera_frame: str, settings, stamp):
         """``result`` with its people and camera pose in output_frame (itself without one);

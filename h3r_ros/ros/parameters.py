@@ -127,9 +127,16 @@ class Settings:
         "image; without it by then, that image's people are dropped (counted, warned).", live=True,
         min_value=0.0, max_value=5.0)
     tf_mode: str = _param(
-        "world_to_camera", "'world_to_camera' publishes world -> camera (standalone camera); "
-        "'camera_to_world' publishes camera -> world (camera already has a parent in "
-        "the robot's TF tree); 'none' publishes no camera TF.", live=True, choices=TF_MODES)
+        "world_to_camera", "'world_to_camera' publishes world -> camera while the robot's TF tree "
+        "gives the camera no parent (a standalone camera); where it has one (a URDF), the world is "
+        "anchored under the root of the camera's tree instead (root -> world on /tf_static, once per "
+        "world). 'camera_to_world' publishes camera -> world (the world hangs under the camera); 'none' "
+        "publishes no camera TF. None of them is published where world_frame is already a frame of the "
+        "tree (the log and /diagnostics say so).", live=True, choices=TF_MODES)
+    tf_listen_time: float = _param(
+        2.0, "Seconds the node listens to /tf and /tf_static (from configure on) before it publishes "
+        "its first camera or world transform, to learn which frames the robot's tree already holds "
+        "(/tf_static is latched: a robot's URDF arrives within this time).", min_value=0.0, max_value=60.0)
     publish_body_tf: bool = _param(
         False, "Publish a TF frame per person (REP-155): camera optical frame -> "
         "<body_frame_prefix><track_id>, origin at the pelvis, x forward, y left, "
