@@ -402,7 +402,8 @@ def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_final
     log = tmp_path / "node.log"
     process = _start(_command([sys.executable, "-m", "h3r_ros.ros.node_main"], name, params), log)
     try:
-        assert _state(ros, name) == State.PRIMARY_STATE_UNCONFIGURED  # served once autostart has given up
+        # The node answers while autostart configures; then it stays unconfigured.
+        assert wait_until(lambda: _state(ros, name) == State.PRIMARY_STATE_UNCONFIGURED, 60.0, period=0.2)
         request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_UNCONFIGURED_SHUTDOWN))
         assert ros.call(ChangeState, f"/{name}/change_state", request, timeout=30.0).success
         try:
@@ -418,6 +419,103 @@ def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_final
     text = log.read_text()
     assert code == 0, text
     assert "does not exist" in text and "Traceback" not in text, text
+
+
+PADDED_LOAD = 8.0  # s added to the node's load (configure) in the tests below
+ANSWER_TIME = 1.0  # s within which the node must answer while it loads
+
+
+def _padded_load_command(tmp_path: Path, name: str, pad: float) -> list[str]:
+    """The node executable with ``pad`` s more of loading (standing in for gigabytes of weights)."""
+    script = tmp_path / "padded_node.py"
+    script.write_text(
+        "import time\n"
+        "from h3r_ros.ros import node\n"
+        "real = node.load_engine\n"
+        "def load_engine(settings, progress):\n"
+        "    progress('padded load (test)')\n"
+        f"    time.sleep({pad})\n"
+        "    return real(settings, progress)\n"
+        "node.load_engine = load_engine\n"
+        "from h3r_ros.ros.node_main import run\n"
+        "run()\n")
+    return _command([sys.executable, str(script)], name, tiny_assets().parameters())
+
+
+def _timed(client, request):
+    """(response, seconds to answer); None for no answer within ANSWER_TIME s."""
+    start = time.monotonic()
+    future = client.call_async(request)
+    answered = wait_until(future.done, ANSWER_TIME, period=0.005)
+    if not answered:
+        client.remove_pending_request(future)
+        return None, time.monotonic() - start
+    return future.result(), time.monotonic() - start
+
+
+def test_the_executable_answers_while_it_loads_then_activates(ros, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import GetParameters
+
+    name = "human3r_slow_load"
+    log = tmp_path / "node.log"
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+    process = _start(_padded_load_command(tmp_path, name, PADDED_LOAD), log)
+    state_client = ros.probe.create_client(GetState, f"/{name}/get_state")
+    param_client = ros.probe.create_client(GetParameters, f"/{name}/get_parameters")
+    try:
+        assert state_client.wait_for_service(timeout_sec=60.0) and param_client.wait_for_service(timeout_sec=30.0)
+        answers = []
+        while len(answers) < 20:
+            state, seconds = _timed(state_client, GetState.Request())
+            assert state is not None, f"get_state unanswered for {seconds:.1f} s\n{log.read_text()}"
+            if state.current_state.id != State.TRANSITION_STATE_CONFIGURING:
+                break
+            params, seconds = _timed(param_client, GetParameters.Request(names=["input_size"]))
+            assert params is not None, f"get_parameters unanswered for {seconds:.1f} s"
+            assert params.values[0].integer_value == tiny_assets().parameters()["input_size"]
+            answers.append(state.current_state.label)
+            time.sleep(0.25)
+        assert len(answers) >= 4, answers  # answered throughout the padded load
+        status = [
+            {kv.key: kv.value for kv in st.values} for msg in diagnostics.messages for st in msg.status
+            if st.name == f"/{name}: inference"]
+        assert any(v["lifecycle state"] == "configuring" and v.get("loading") == "padded load (test)"
+                   for v in status), status
+        assert wait_until(lambda: _state(ros, name) == State.PRIMARY_STATE_ACTIVE, 120.0, period=0.5), log.read_text()
+    finally:
+        ros.probe.destroy_client(state_client)
+        ros.probe.destroy_client(param_client)
+        ros.probe.destroy_subscription(diagnostics.subscription)
+        code = _stop(process, signal.SIGINT)
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    _log_order(text, "active: reading", "shut down")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_load_ends_the_process_and_never_activates(ros, tmp_path, sig):
+    from h3r_ros.ros.node_main import LOAD_EXIT_TIMEOUT
+
+    name = f"human3r_stopped_load_{sig.name.lower()}"
+    log = tmp_path / "node.log"
+    process = _start(_padded_load_command(tmp_path, name, 60.0), log)
+    try:
+        assert wait_until(lambda: _state(ros, name) == State.TRANSITION_STATE_CONFIGURING, 60.0, period=0.2)
+        start = time.monotonic()
+        process.send_signal(sig)
+        code = process.wait(timeout=30.0)
+        elapsed = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    # The documented bound, plus the interpreter's own exit on a shared CPU.
+    assert elapsed < LOAD_EXIT_TIMEOUT + 3.0, (elapsed, text)
+    assert "exiting without finishing the load (the node was not activated)" in text
+    assert "active: reading" not in text
 
 
 # ------------------------------------------------------------------ failures with a cause

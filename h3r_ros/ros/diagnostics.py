@@ -167,7 +167,7 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
 class NodeState:
     """What the node reports besides its counters, taken in one go on the executor thread."""
 
-    lifecycle_state: str  # 'unconfigured', 'inactive', 'active' or 'finalized'
+    lifecycle_state: str  # 'unconfigured', 'configuring', 'inactive', 'active' or 'finalized'
     enabled: bool  # ~/enable
     last_error: str
     sizes: dict[str, int]  # every structure that grows with the run (each has a bound)
@@ -178,10 +178,13 @@ class NodeState:
     focal_estimated: float = math.nan  # px, model input
     focal_camera_info: float = math.nan
     tf: str = "n/a"  # what the node publishes on TF and why (outputs.Outputs.tf_status)
+    loading: str = ""  # what configure is doing, while the state is 'configuring'
 
     @property
     def idle_reason(self) -> str:
         """Why no input is expected, if it is not ('' while active and enabled)."""
+        if self.lifecycle_state == "configuring":
+            return f"configuring: {self.loading or 'starting'}"
         if self.lifecycle_state != "active":
             return f"{self.lifecycle_state}: not processing"
         return "" if self.enabled else "disabled through ~/enable"
@@ -192,6 +195,7 @@ def node_status(stamp, name: str, state: NodeState, window: Window) -> Diagnosti
     unconfigured node with an error (e.g. why configure failed) reports it as an error."""
     values = {
         "lifecycle state": state.lifecycle_state,
+        **({"loading": state.loading} if state.loading else {}),
         "last error": state.last_error or "none",
         **{key: str(value) for key, value in state.sizes.items()},
         "enabled": str(state.enabled).lower(),

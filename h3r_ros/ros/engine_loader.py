@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -169,8 +170,10 @@ def restore_cpu_threads() -> None:
     torch.set_num_threads(_DEFAULT_CPU_THREADS)
 
 
-def load_engine(settings) -> LoadedEngine:
-    """Build the engine described by a parameters.Settings; raises LoadError."""
+def load_engine(settings, progress: Callable[[str], None] = lambda text: None) -> LoadedEngine:
+    """Build the engine described by a parameters.Settings; raises LoadError. ``progress(text)``
+    is told what is being loaded, step by step."""
+    progress("choosing the device")
     device = resolve_device(settings.device)
     torch.set_num_threads(settings.cpu_threads or _DEFAULT_CPU_THREADS)
     try:
@@ -191,12 +194,16 @@ def load_engine(settings) -> LoadedEngine:
     except ValueError as exc:
         raise LoadError(str(exc)) from exc
     checkpoint = _checkpoint_path(settings)  # cheap checks first: fail fast
+    progress("loading the SMPL-X body model")
     body_model, warning = _load_body_model(settings, device)
+    progress(f"checking and loading the checkpoint {checkpoint}" if checkpoint is not None
+             else "building a model with random weights")
     model, source = _load_model(checkpoint, settings, device, precision.dtype)
     engine = Human3REngine(model, config, body_model)
     warm_up = ""
     if settings.compile:
         size = f"{settings.compile_image_width}x{settings.compile_image_height}"
+        progress(f"compiling the model for {size} frames")
         try:
             seconds = engine.warm_up(settings.compile_image_width, settings.compile_image_height)
         except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported op, ...

@@ -79,6 +79,7 @@ class Human3RNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._lifecycle_state = "unconfigured"
+        self._loading = ""  # what configure is doing, while it runs
         self._last_error = ""
         # Start-up values that failed their checks: name -> reason; configure refuses them.
         self._parameter_errors = parameters.declare(self)
@@ -160,7 +161,16 @@ class Human3RNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("configure", self._configure, state, self._release)
+        self._lifecycle_state = "configuring"
+        result = self._transition("configure", self._configure, state, self._release)
+        self._loading = ""
+        if result != TransitionCallbackReturn.SUCCESS:
+            self._lifecycle_state = "unconfigured"
+        return result
+
+    def _progress(self, text: str) -> None:
+        """What configure is doing now, for /diagnostics (which answers throughout)."""
+        self._loading = text
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         return self._transition("activate", self._activate, state, self._undo_activate)
@@ -193,7 +203,7 @@ class Human3RNode(LifecycleNode):
         except ImportError:
             self._tree = None
         try:
-            self._loaded = load_engine(settings)
+            self._loaded = load_engine(settings, self._progress)
         except LoadError as exc:
             self._report_error(f"configure failed: {exc}")
             self._release()
@@ -344,7 +354,7 @@ class Human3RNode(LifecycleNode):
     def _check_parameter_change(self, changed):
         """Refuse changing a configure-time parameter while configured: it would be accepted
         and silently do nothing until the next configure."""
-        if self._lifecycle_state in ("inactive", "active"):
+        if self._lifecycle_state in ("configuring", "inactive", "active"):
             for parameter in changed:
                 if parameter.name in parameters.LIVE_PARAMETERS or not self.has_parameter(parameter.name):
                     continue
@@ -456,7 +466,8 @@ class Human3RNode(LifecycleNode):
 
     def _state(self) -> NodeState:
         loaded, processor = self._loaded, self._processor
-        state = NodeState(self._lifecycle_state, self._enabled, self._last_error, self.bounded_sizes())
+        state = NodeState(self._lifecycle_state, self._enabled, self._last_error, self.bounded_sizes(),
+                          loading=self._loading)
         if loaded is None or processor is None:
             return state
         hardware_id, device_values = loaded.device_report()
