@@ -29,7 +29,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from h3r_ros.engine.point_selection import PointSelection
-from h3r_ros.engine.track_motion import LOST, TrackMotion
+from h3r_ros.engine.track_motion import LOST, NEW, TRACKED, TrackInfo, TrackMotion
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, hri_bodies
 from h3r_ros.ros.diagnostics import NO_TRANSFORM
@@ -219,12 +219,12 @@ class Outputs:
 
         now = Time.from_msg(stamp).nanoseconds * 1e-9
         transforms = self._camera_transforms(result, camera_frame, settings, stamp)
-        people = self._people_in_output_frame(result, camera_frame, settings, stamp)
+        people, out_from_world = self._people_in_output_frame(result, camera_frame, settings, stamp)
         ended_now = []
         if people is None and result.reset:  # the old world's tracks end; reported with the next people
             self._unreported += self._motion.reset()
         if people is not None:
-            alive, ended, ended_now = self._update_tracks(people, settings, now)
+            alive, ended, ended_now = self._update_tracks(result, people, out_from_world, settings, now)
             # One TF frame per person: REP-155's name when that interface is on.
             if self._hri is not None:
                 transforms += conversions.body_transforms(result, camera_frame, hri_bodies.FRAME_PREFIX, stamp)
@@ -301,10 +301,11 @@ class Outputs:
         self._plan, self.tf_status = plan, status
 
     def _people_in_output_frame(self, result, camera_frame: str, settings, stamp):
-        """``result`` with its people and camera pose in output_frame (itself without one);
-        None, counted and warned, when tf2 has no transform for this image."""
+        """(``result`` with its people and camera pose in output_frame, the 4x4 output_frame <-
+        world of this image); (``result``, None) without output_frame; (None, None), counted and
+        warned, when tf2 has no transform for this image."""
         if self._output_frame is None:
-            return result
+            return result, None
         if result.reset:
             self._output_frame.reset()
         from_world = self._output_frame.from_world(
@@ -315,9 +316,10 @@ class Outputs:
                 f"no transform {self._output_frame.frame} <- {camera_frame} at the image stamp within "
                 f"{settings.output_frame_timeout} s: this image's people are dropped "
                 f"({self._output_frame.error})", throttle_duration_sec=TF_WARN_PERIOD)
-            return None
-        return replace(result, cam_to_world=from_world @ np.asarray(result.cam_to_world, np.float64),
-                       people=[person.transformed(from_world) for person in result.people])
+            return None, None
+        placed = replace(result, cam_to_world=from_world @ np.asarray(result.cam_to_world, np.float64),
+                         people=[person.transformed(from_world) for person in result.people])
+        return placed, from_world
 
     def _note_frame(self) -> None:
         now = time.monotonic()
@@ -326,17 +328,21 @@ class Outputs:
             self._frame_period = period if self._frame_period is None else 0.8 * self._frame_period + 0.2 * period
         self._last_publish = now
 
-    def _update_tracks(self, result, settings, now: float):
+    def _update_tracks(self, result, placed, out_from_world, settings, now: float):
         """Track states for this frame: (alive tracks, ended tracks, ids of the tracks that
-        timed out now, which the engine still holds; a reset has emptied it already)."""
+        timed out now, which the engine still holds; a reset has emptied it already). Each
+        TrackInfo's payload is the Person to report; ``placed`` is ``result`` in output_frame,
+        by ``out_from_world`` (None: no output_frame)."""
         motion = self._motion
         motion.timeout = settings.track_timeout
-        ended, self._unreported = self._unreported, []
-        if result.reset:
-            ended += motion.reset()
-        observations = [(p.track_id, p.position_world, p) for p in result.people]
+        ended, self._unreported = [_as_sighted(t) for t in self._unreported], []
+        if placed.reset:
+            ended += [_as_sighted(t) for t in motion.reset()]
+        observations = [(p.track_id, p.position_world, _Sighting(world, p, out_from_world))
+                        for world, p in zip(result.people, placed.people)]
         alive, ended_now = motion.update(now, observations)
-        return alive, ended + ended_now, [t.track_id for t in ended_now]
+        return ([_at_now(t, out_from_world) for t in alive], ended + [_at_now(t, out_from_world) for t in ended_now],
+                [t.track_id for t in ended_now])
 
     def _publish_markers(self, result, world: Header, settings, wanted: Wanted, lost: list[int]) -> None:
         faces = self._faces if wanted.mesh else None
@@ -370,3 +376,31 @@ class Outputs:
         if due and self._map.merge():
             self._pubs["map"].publish(conversions.cloud_msg(self._map.points, self._map.colors, world))
             self._last_map_publish = now
+
+
+@dataclass(frozen=True)
+class _Sighting:
+    """A track's latest sighting: the person in the world, as placed in output_frame then, and
+    the output_frame <- world transform of that image (None without output_frame)."""
+
+    world: object  # engine Person, world frame
+    placed: object  # engine Person, output_frame (the world frame without one)
+    out_from_world: np.ndarray | None
+
+
+def _as_sighted(track: TrackInfo) -> TrackInfo:
+    """A track reported where it was last seen (it ended with its world, on a reset)."""
+    return replace(track, payload=track.payload.placed)
+
+
+def _at_now(track: TrackInfo, out_from_world: np.ndarray | None) -> TrackInfo:
+    """A track for this image, its person as payload. One not seen in it (lost, ended) is kept
+    in the world and placed with this image's transform, so that in a moving output_frame
+    (base_link) it stays where it was in the world, not where the frame was then."""
+    sighting = track.payload
+    then = sighting.out_from_world
+    if track.state in (NEW, TRACKED) or out_from_world is None or np.array_equal(then, out_from_world):
+        return replace(track, payload=sighting.placed)
+    move = out_from_world @ np.linalg.inv(then)
+    return replace(track, payload=sighting.world.transformed(out_from_world),
+                   position=move[:3, :3] @ track.position + move[:3, 3], velocity=move[:3, :3] @ track.velocity)
