@@ -67,9 +67,10 @@ def _raw_cases(rig):
         return image_msg(np.zeros((height, width, 3), np.uint8), rig.next_stamp(), CAMERA)
 
     return {
-        "unknown encoding": raw(rig, encoding="yuv422"),
-        "16-bit encoding": raw(rig, encoding="16UC1"),
-        "float encoding": raw(rig, encoding="32FC1"),
+        "unknown encoding": raw(rig, encoding="nv21"),
+        "16-bit depth encoding": raw(rig, encoding="16UC1"),
+        "float depth encoding": raw(rig, encoding="32FC1"),
+        "16-bit colour with an 8-bit step": raw(rig, encoding="rgb16"),
         "empty encoding": raw(rig, encoding=""),
         "step too small": raw(rig, step=w * 3 - 1),
         "step too large for the data": raw(rig, step=w * 3 + 7),

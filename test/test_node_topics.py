@@ -392,7 +392,7 @@ def test_bad_messages_are_dropped_and_counted(rig):
     bad_before = rig.counter("bad messages (total)")
     frame = rig.assets.frames[0]
     unknown = image_msg(frame, rig.next_stamp(), CAMERA)
-    unknown.encoding = "yuv422"
+    unknown.encoding = "nv12"
     short = image_msg(frame, rig.next_stamp(), CAMERA)
     short.data = short.data[:-10]
     empty = image_msg(frame, rig.next_stamp(), CAMERA)
