@@ -26,6 +26,7 @@ from h3r_ros.ros.image_decoding import ImageDecodeError, decode_compressed
 BAD = "bad messages (total)"
 OUT_OF_ORDER = "out-of-order frames dropped (total)"
 IGNORED_INFO = "camera_info messages ignored (total)"
+FAILED = "failed frames (total)"
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,35 @@ def test_exceptions_escaping_callbacks_are_logged_and_the_node_keeps_spinning(ri
         assert f"injected failure in {text}" in err
     assert err.count("Traceback (most recent call last)") >= 4
     assert "in broken_step" in err  # the frame's traceback, down to where it raised
+
+
+def frame_published_after(rig, info: CameraInfo, expected: bool) -> bool:
+    """Whether a frame sent after ``info`` is published (True) or fails (False). Delivery races
+    the frame, so ``info`` is sent again until the outcome is ``expected``, 5 tries at most."""
+    for _ in range(5):
+        rig.info_pub.publish(info)
+        time.sleep(0.1)
+        failed = rig.counter(FAILED)
+        stamp = rig.next_stamp()
+        rig.send(image_msg(rig.assets.frames[0], stamp, CAMERA), wait=False)
+        assert wait_until(lambda: by_stamp(rig.out["humans"].messages, stamp) or rig.counter(FAILED) > failed, 60.0)
+        published = bool(by_stamp(rig.out["humans"].messages, stamp))
+        if published == expected:
+            break
+    return published
+
+
+def test_a_camera_info_that_cannot_rectify_fails_its_frames_and_the_node_goes_on(rig):
+    """Finite but absurd coefficients pass the camera_info checks; their maps are degenerate:
+    each frame fails (counted, reported as an error), until a usable camera_info arrives."""
+    before = rig.counter(FAILED)
+    assert not frame_published_after(rig, _info(distortion_model="plumb_bob", d=[1e6, 1e6, 0.0, 0.0, 1e6]), False)
+    values = rig.diagnostics()
+    assert int(values[FAILED]) >= before + 1 and rig.node.lifecycle_state == "active"
+    assert "RectificationError: degenerate calibration" in values["last error"]
+    assert values["rectification"].startswith("failed: degenerate calibration")
+    assert frame_published_after(rig, camera_info(), True)
+    assert rig.diagnostics()["rectification"] == "not needed (no distortion)"
 
 
 # --- compressed input --------------------------------------------------------------------

@@ -177,6 +177,7 @@ class NodeState:
     device_values: dict[str, str] = field(default_factory=dict)  # e.g. CUDA memory figures
     focal_estimated: float = math.nan  # px, model input
     focal_camera_info: float = math.nan
+    input_values: dict[str, str] = field(default_factory=dict)  # rectification, processed frame size
 
     @property
     def idle_reason(self) -> str:
@@ -198,6 +199,7 @@ def node_status(stamp, name: str, state: NodeState, window: Window) -> Diagnosti
         "precision": state.precision,
         "estimated focal (px, model input)": f"{state.focal_estimated:.1f}",
         "camera_info focal (px, model input)": f"{state.focal_camera_info:.1f}",
+        **state.input_values,
         **state.device_values,
     }
     node_error = state.last_error if state.lifecycle_state == "unconfigured" else ""
