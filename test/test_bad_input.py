@@ -26,6 +26,7 @@ from h3r_ros.ros.image_decoding import ImageDecodeError, decode_compressed
 BAD = "bad messages (total)"
 OUT_OF_ORDER = "out-of-order frames dropped (total)"
 IGNORED_INFO = "camera_info messages ignored (total)"
+FAILED = "failed frames (total)"
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,10 @@ def _raw_cases(rig):
         return image_msg(np.zeros((height, width, 3), np.uint8), rig.next_stamp(), CAMERA)
 
     return {
-        "unknown encoding": raw(rig, encoding="yuv422"),
-        "16-bit encoding": raw(rig, encoding="16UC1"),
-        "float encoding": raw(rig, encoding="32FC1"),
+        "unknown encoding": raw(rig, encoding="nv21"),
+        "16-bit depth encoding": raw(rig, encoding="16UC1"),
+        "float depth encoding": raw(rig, encoding="32FC1"),
+        "16-bit colour with an 8-bit step": raw(rig, encoding="rgb16"),
         "empty encoding": raw(rig, encoding=""),
         "step too small": raw(rig, step=w * 3 - 1),
         "step too large for the data": raw(rig, step=w * 3 + 7),
@@ -249,6 +251,37 @@ def test_exceptions_escaping_callbacks_are_logged_and_the_node_keeps_spinning(ri
         assert f"injected failure in {text}" in err
     assert err.count("Traceback (most recent call last)") >= 4
     assert "in broken_step" in err  # the frame's traceback, down to where it raised
+
+
+def frame_published_after(rig, info: CameraInfo, expected: bool) -> bool:
+    """Whether a frame sent after ``info`` is published (True) or dropped (False). Delivery races
+    the frame, so ``info`` is sent again until the outcome is ``expected``, 5 tries at most."""
+    for _ in range(5):
+        rig.info_pub.publish(info)
+        time.sleep(0.1)
+        dropped = rig.counter(BAD)
+        stamp = rig.next_stamp()
+        rig.send(image_msg(rig.assets.frames[0], stamp, CAMERA), wait=False)
+        assert wait_until(lambda: by_stamp(rig.out["humans"].messages, stamp) or rig.counter(BAD) > dropped, 60.0)
+        published = bool(by_stamp(rig.out["humans"].messages, stamp))
+        if published == expected:
+            break
+    return published
+
+
+def test_a_camera_info_that_cannot_rectify_drops_its_frames_and_the_node_goes_on(rig, capfd):
+    """Finite but absurd coefficients pass the camera_info checks; their maps are degenerate:
+    each frame is dropped as bad input (counted, warned), until a usable camera_info arrives."""
+    before, failed = rig.counter(BAD), rig.counter(FAILED)
+    assert not frame_published_after(rig, _info(distortion_model="plumb_bob", d=[1e6, 1e6, 0.0, 0.0, 1e6]), False)
+    values = rig.diagnostics()
+    assert int(values[BAD]) >= before + 1 and int(values[FAILED]) == failed
+    assert rig.node.lifecycle_state == "active"
+    assert values["rectification"].startswith("failed: degenerate calibration")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err  # bad input, not a failure of the node (the warning is rate-limited)
+    assert frame_published_after(rig, camera_info(), True)
+    assert rig.diagnostics()["rectification"] == "not needed (no distortion)"
 
 
 # --- compressed input --------------------------------------------------------------------

@@ -37,6 +37,7 @@ from std_srvs.srv import SetBool, Trigger
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
+from h3r_ros.engine.preprocess import crop_geometry
 from h3r_ros.engine.track_motion import MAX_SPEED, POSITION_STD
 from h3r_ros.msg import Human, HumanArray
 from h3r_ros.ros import conversions
@@ -130,14 +131,16 @@ class Rig:
     def counter(self, key: str) -> int:
         return int(self.diagnostics()[key])
 
-    def wrap_engine_step(self, min_seconds: float = 0.0):
-        """Record (duration, engine config) of every step the node runs; each step takes at
-        least ``min_seconds`` (a slow engine on any CPU)."""
+    def wrap_engine_step(self, min_seconds: float = 0.0, images: list | None = None):
+        """Record (duration, engine config) of every step the node runs, and its frame in
+        ``images`` when given; each step takes at least ``min_seconds`` (a slow engine on any CPU)."""
         engine = self.node._loaded.engine
         original = engine.step
         calls = []
 
         def step(rgb, stamp):
+            if images is not None:
+                images.append(rgb)
             start = time.monotonic()
             result = original(rgb, stamp)
             time.sleep(max(0.0, start + min_seconds - time.monotonic()))
@@ -392,7 +395,7 @@ def test_bad_messages_are_dropped_and_counted(rig):
     bad_before = rig.counter("bad messages (total)")
     frame = rig.assets.frames[0]
     unknown = image_msg(frame, rig.next_stamp(), CAMERA)
-    unknown.encoding = "yuv422"
+    unknown.encoding = "nv12"
     short = image_msg(frame, rig.next_stamp(), CAMERA)
     short.data = short.data[:-10]
     empty = image_msg(frame, rig.next_stamp(), CAMERA)
@@ -431,22 +434,65 @@ def camera_info(width: int = 320, height: int = 180) -> CameraInfo:
     return info
 
 
-def focal_after(rig, info: CameraInfo, settled) -> float:
-    """The camera_info focal the node reports after ``info``. Delivery races the frames, so
-    publish and step again until ``settled(focal)`` or five tries."""
+def diagnostics_after(rig, info: CameraInfo, settled) -> dict[str, str]:
+    """What /diagnostics reports after ``info``. Delivery races the frames, so publish and step
+    again until ``settled(values)`` or five tries."""
     assert wait_until(lambda: rig.info_pub.get_subscription_count() > 0, 10.0)
     for index in range(5):
         rig.info_pub.publish(info)
         rig.send_frame(index % 2)
-        focal = float(rig.diagnostics()[FOCAL])
-        if settled(focal):
+        values = rig.diagnostics()
+        if settled(values):
             break
-    return focal
+    return values
+
+
+def focal_after(rig, info: CameraInfo, settled) -> float:
+    """The camera_info focal the node reports after ``info``."""
+    return float(diagnostics_after(rig, info, lambda values: settled(float(values[FOCAL])))[FOCAL])
 
 
 def test_camera_info_focal_is_reported_in_model_input_pixels(rig):
     focal = focal_after(rig, camera_info(), lambda f: not math.isnan(f))
     assert math.isclose(focal, 400.0 * 160 / 320, rel_tol=1e-6)  # the model input is 160 px wide
+
+
+def distorted_camera_info() -> CameraInfo:
+    """The test frames' camera_info with strong barrel distortion; P left zero (K is used)."""
+    info = camera_info()
+    info.distortion_model, info.d = "plumb_bob", [-0.35, 0.12, 0.0, 0.0, 0.0]
+    return info
+
+
+def test_distorted_images_are_rectified_before_the_model(rig):
+    """The engine gets OpenCV's undistortion of each frame; /diagnostics reports it, its cost and
+    the processed and model-input sizes; ``rectify`` false passes frames as they are."""
+    images = []
+    calls, restore = rig.wrap_engine_step(images=images)
+    info = distorted_camera_info()
+    try:
+        values = diagnostics_after(rig, info, lambda v: v["rectification"].startswith("rectifying"))
+        assert values["rectification"] == "rectifying (plumb_bob, 5 coefficients)"
+        frame = rig.assets.frames[1]
+        rig.send_frame(1)
+        expected = cv2.undistort(frame, np.reshape(info.k, (3, 3)), np.asarray(info.d))
+        assert np.abs(images[-1].astype(int) - expected).max() <= 1
+        assert np.abs(frame.astype(int) - expected).mean() > 2.0  # the distortion matters
+        values = rig.diagnostics()
+        assert float(values["time rectify (ms)"]) > 0.0 and float(values["rectification map build (ms)"]) > 0.0
+        input_h, input_w = crop_geometry(320, 180, rig.params["input_size"]).input_size
+        assert values["processed image (px)"] == "320 x 180"
+        assert values["model input (px)"] == f"{input_w} x {input_h}"
+
+        rig.set_params(rectify=False)
+        rig.send_frame(1)
+        assert images[-1] is not frame and np.array_equal(images[-1], frame)
+        assert rig.diagnostics()["rectification"].startswith("off (rectify false)")
+    finally:
+        restore()
+        rig.set_params(rectify=True)
+    values = diagnostics_after(rig, camera_info(), lambda v: v["rectification"].startswith("not needed"))
+    assert values["rectification"] == "not needed (no distortion)"
 
 
 def test_vertices_and_meshes_on_request(rig):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, settings_for, stamp_of, tiny_assets
-from sensor_msgs.msg import CameraInfo, CompressedImage, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointField
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
@@ -57,14 +57,94 @@ def test_mono8_is_replicated_to_three_channels():
     np.testing.assert_array_equal(decode_image(msg), np.repeat(grey[..., None], 3, axis=-1))
 
 
+def packed_msg(pixels: np.ndarray, encoding: str, bigendian: bool = False, pad: int = 0):
+    """sensor_msgs/Image holding ``pixels`` (H, W[, C], uint8 or uint16) as they are, 16-bit
+    values in the given byte order, rows padded by ``pad`` bytes."""
+    h, w = pixels.shape[:2]
+    if pixels.dtype == np.uint16:
+        pixels = pixels.astype(">u2" if bigendian else "<u2")
+    rows = np.zeros((h, w * pixels.itemsize * (pixels.size // (h * w)) + pad), np.uint8)
+    rows[:, : rows.shape[1] - pad] = pixels.view(np.uint8).reshape(h, -1)
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=bigendian, step=rows.shape[1],
+                 data=rows.tobytes())
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_demosaic_to_the_colours_they_sample(pattern, bits):
+    """A mosaic sampled from an image of flat colour blocks, each pixel keeping the channel
+    ROS's pattern name gives its position in the 2x2 cell (row by row): inside each block,
+    away from its edges, the demosaiced image is that block's colour."""
+    colours = RNG.integers(0, 256, (3, 4, 3))
+    block = 8
+    image = np.repeat(np.repeat(colours, block, axis=0), block, axis=1)
+    channel = {"r": 0, "g": 1, "b": 2}
+    mosaic = np.zeros(image.shape[:2], np.uint16)
+    for index, name in enumerate(pattern):
+        row, col = divmod(index, 2)
+        mosaic[row::2, col::2] = image[row::2, col::2, channel[name]]
+    if bits == 16:
+        mosaic *= 257  # the 8-bit colour at full 16-bit scale: scales back exactly
+    msg = packed_msg(mosaic.astype(np.uint8) if bits == 8 else mosaic, f"bayer_{pattern}{bits}", bigendian=True, pad=2)
+    out = decode_image(msg)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    inner = slice(2, block - 2)
+    for r, c in np.ndindex(colours.shape[:2]):
+        cell = out[r * block: (r + 1) * block, c * block: (c + 1) * block][inner, inner]
+        assert (cell == colours[r, c]).all(), (r, c, cell[0, 0], colours[r, c])
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV"), ("yuv422", "UYVY"), ("uyvy", "UYVY")])
+def test_yuv422_frames_decode_by_bt601(encoding, order):
+    """Luma per pixel, chroma shared by each pair of pixels, every value within video range:
+    RGB is ITU-R BT.601 (16-235 luma, 16-240 chroma), as OpenCV's and cv_bridge's conversion."""
+    h, w = 6, 10
+    y = RNG.integers(16, 236, (h, w)).astype(float)
+    u, v = (np.repeat(RNG.integers(16, 241, (h, w // 2)), 2, axis=1).astype(float) for _ in range(2))
+    rgb = np.stack([1.164 * (y - 16) + 1.596 * (v - 128),
+                    1.164 * (y - 16) - 0.813 * (v - 128) - 0.391 * (u - 128),
+                    1.164 * (y - 16) + 2.018 * (u - 128)], axis=-1)
+    expected = np.clip(np.round(rgb), 0, 255)
+    packed = np.zeros((h, w, 2), np.uint8)
+    luma, chroma = (0, 1) if order == "YUYV" else (1, 0)
+    packed[..., luma] = y
+    packed[:, 0::2, chroma], packed[:, 1::2, chroma] = u[:, 0::2], v[:, 1::2]
+    out = decode_image(packed_msg(packed, encoding, pad=3))
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(float) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize("encoding", ["mono16", "rgb16", "bgr16", "rgba16", "bgra16"])
+def test_16_bit_images_are_scaled_as_cv_bridge_does(encoding, bigendian):
+    """Every 16-bit value once per channel: 8-bit value = round(v x 255 / 65535), cv_bridge's
+    scaling, after the channels are put in RGB order."""
+    ramp = np.arange(65536, dtype=np.int64).reshape(256, 256)
+    rgb = np.stack([ramp, 65535 - ramp, RNG.permutation(ramp.ravel()).reshape(ramp.shape)], axis=-1)
+    alpha = RNG.integers(0, 65536, ramp.shape)
+    channels = {"mono16": [ramp], "rgb16": [rgb[..., 0], rgb[..., 1], rgb[..., 2]],
+                "bgr16": [rgb[..., 2], rgb[..., 1], rgb[..., 0]],
+                "rgba16": [rgb[..., 0], rgb[..., 1], rgb[..., 2], alpha],
+                "bgra16": [rgb[..., 2], rgb[..., 1], rgb[..., 0], alpha]}[encoding]
+    pixels = np.stack(channels, axis=-1).astype(np.uint16)
+    expected = np.round((rgb if encoding != "mono16" else ramp[..., None].repeat(3, -1)) * 255 / 65535)
+    out = decode_image(packed_msg(pixels, encoding, bigendian, pad=4))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
-        (dict(encoding="16UC1"), "unsupported encoding"),
-        (dict(encoding="yuv422"), "unsupported encoding"),
+        (dict(encoding="16UC1"), "depth image"),
+        (dict(encoding="32FC1"), "depth image"),
+        (dict(encoding="nv21"), "unsupported encoding"),
         (dict(width=0, height=0, step=0), "empty"),
         (dict(step=5), "step"),
         (dict(height=5), "bytes"),
+        (dict(encoding="rgb16"), "step 9 < width 3 x 6 bytes"),
+        (dict(encoding="yuv422", step=8, data=bytes(32)), "odd width"),
+        (dict(encoding="mono16", step=9, data=bytes(36)), "16-bit"),
     ],
 )
 def test_bad_raw_images_are_rejected(change, reason):
@@ -235,6 +315,8 @@ def _valid_info(frame_id: str = "cam", **fields):
     (dict(d=[0.1, 0.2, 0.3]), {}, "D has 3 coefficients"),
     (dict(d=[0.1, float("nan"), 0, 0, 0]), {}, "D is not finite"),
     (dict(d=[0.0] * 8 + [float("inf")] * 6), {}, "D is not finite"),
+    (dict(r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, float("nan")]), {}, "R is not finite"),
+    (dict(p=[500.0, 0, 320, 0, 0, float("inf"), 240, 0, 0, 0, 1, 0]), {}, "P is not finite"),
     (dict(frame_id="/cam"), {}, "frame_id '/cam' starts with '/'"),
     (dict(frame_id="my cam"), {}, "contains whitespace"),
     (dict(), dict(image_frame="other_cam"), "frame_id 'cam' differs from the images' 'other_cam'"),

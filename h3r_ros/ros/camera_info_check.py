@@ -1,8 +1,8 @@
 """Is a camera_info message one the node can keep? Checked whole, as hostile input.
 
-Human3R has no intrinsics input: the node keeps the last valid camera_info only to report
-its focal next to the model's. A message that fails any check is dropped (counted), so a
-bad one never replaces a good one.
+Human3R has no intrinsics input: the node keeps the last valid camera_info to rectify the
+images (rectification.py: K, D, R, P) and to report its focal next to the model's. A message
+that fails any check is dropped (counted), so a bad one never replaces a good one.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def camera_info_problem(msg, max_pixels: int, image_size: tuple[int, int] | None
     d = msg.d
     if len(d) not in DISTORTION_LENGTHS:
         return f"D has {len(d)} coefficients (a distortion model has {', '.join(map(str, DISTORTION_LENGTHS[1:]))})"
-    if not np.isfinite(np.asarray(d, dtype=np.float64)).all():
-        return "D is not finite"
+    for name, values in (("D", d), ("R", msg.r), ("P", msg.p)):
+        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+            return f"{name} is not finite"
     frame = msg.header.frame_id
     if frame:
         reason = valid_frame_name(frame)

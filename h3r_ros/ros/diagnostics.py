@@ -179,6 +179,7 @@ class NodeState:
     focal_camera_info: float = math.nan
     tf: str = "n/a"  # what the node publishes on TF and why (outputs.Outputs.tf_status)
     loading: str = ""  # what configure is doing, while the state is 'configuring'
+    input_values: dict[str, str] = field(default_factory=dict)  # rectification, processed frame size
 
     @property
     def idle_reason(self) -> str:
@@ -204,6 +205,7 @@ def node_status(stamp, name: str, state: NodeState, window: Window) -> Diagnosti
         "TF": state.tf,
         "estimated focal (px, model input)": f"{state.focal_estimated:.1f}",
         "camera_info focal (px, model input)": f"{state.focal_camera_info:.1f}",
+        **state.input_values,
         **state.device_values,
     }
     node_error = state.last_error if state.lifecycle_state == "unconfigured" else ""

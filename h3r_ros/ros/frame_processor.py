@@ -1,8 +1,9 @@
-"""The inference thread's job: one image message -> decoded frame -> engine step -> outputs.
+"""The inference thread's job: one image message -> decoded, rectified frame -> engine step ->
+outputs.
 
 A ``FrameProcessor`` runs on the InferenceWorker's thread only (a reset while no worker runs
 is the one call from the executor thread). It owns the engine and the ``Outputs`` for as long
-as the node is configured; the node reads only ``focal`` and ``sizes`` from it.
+as the node is configured; the node reads only ``focal``, ``input_report`` and ``sizes`` from it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from h3r_ros.ros.diagnostics import STALE, NodeStats
 from h3r_ros.ros.engine_loader import LoadedEngine
 from h3r_ros.ros.image_decoding import ImageDecodeError, decode_compressed, decode_image
 from h3r_ros.ros.outputs import Outputs
+from h3r_ros.ros.rectification import RectificationError, Rectifier
 
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
 
@@ -37,7 +39,9 @@ class FrameProcessor:
         self._on_bad = on_bad
         self._decode = decode_compressed if settings().compressed_input else decode_image
         self._cancelled = threading.Event()
+        self._rectifier = Rectifier()
         self.focal = (math.nan, math.nan)  # (model's, camera_info's), px of the model input
+        self._sizes = ("n/a", "n/a")  # (processed image, model input), "W x H"
 
     def cancel(self) -> None:
         """The frame in progress (one that outlived a transition) publishes nothing."""
@@ -45,6 +49,16 @@ class FrameProcessor:
 
     def resume(self) -> None:
         self._cancelled.clear()
+
+    def input_report(self) -> dict[str, str]:
+        """What the model is given, for /diagnostics."""
+        build = self._rectifier.build_seconds
+        return {
+            "rectification": self._rectifier.status,
+            "rectification map build (ms)": "n/a" if build is None else f"{1000.0 * build:.1f}",
+            "processed image (px)": self._sizes[0],
+            "model input (px)": self._sizes[1],
+        }
 
     def sizes(self) -> dict[str, int]:
         return {**self._outputs.sizes(), "tracks in the bank": self._loaded.engine.tracks}
@@ -69,6 +83,16 @@ class FrameProcessor:
         except ImageDecodeError as exc:
             self._on_bad(exc)
             return
+        start = time.perf_counter()
+        try:
+            rgb, camera_matrix = self._rectifier.rectify(rgb, self._camera_info(), settings.rectify)
+        except RectificationError as exc:  # bad input: the camera_info's calibration, not the node
+            self._on_bad(ImageDecodeError(f"cannot rectify it with the last camera_info: {exc}"))
+            return
+        rectify_seconds = time.perf_counter() - start
+        if self._rectifier.warning:
+            self._node.get_logger().warning(f"rectification: {self._rectifier.warning}",
+                                            throttle_duration_sec=WARN_PERIOD)
         wanted = self._outputs.wanted(settings)
         engine = self._loaded.engine
         flags = wanted.engine_flags(settings)
@@ -82,16 +106,13 @@ class FrameProcessor:
         ended = self._outputs.publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
         if ended:
             engine.forget_tracks(ended)
-        timings = dict(result.timings, publish=time.perf_counter() - start)
+        timings = dict(result.timings, rectify=rectify_seconds, publish=time.perf_counter() - start)
         self._stats.processed(self._age(msg.header.stamp), timings, len(result.people))
-        self._record_focal(result, rgb.shape[:2])
+        # The model's focal next to the camera's (both in model-input pixels): Human3R has no
+        # intrinsics input, so a large mismatch explains scale and shape errors.
+        focal = math.nan if camera_matrix is None else float(camera_matrix[0, 0] * result.scale)
+        self.focal = (float(result.K[0, 0]), focal)
+        self._sizes = (f"{rgb.shape[1]} x {rgb.shape[0]}", f"{result.input_size[1]} x {result.input_size[0]}")
 
     def _age(self, stamp) -> float:
         return (self._node.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
-
-    def _record_focal(self, result, image_hw: tuple[int, int]) -> None:
-        """The model's focal next to the camera's (both in model-input pixels), for diagnostics:
-        Human3R has no intrinsics input, so a large mismatch explains scale and shape errors."""
-        info = self._camera_info()
-        matches = info is not None and (info.height, info.width) == tuple(image_hw)
-        self.focal = (float(result.K[0, 0]), float(info.k[0] * result.scale) if matches else math.nan)

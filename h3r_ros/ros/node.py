@@ -21,8 +21,9 @@ running.
 Interface (relative names; remap in launch). Inputs are depth 1 (image_qos); outputs' QoS in
 h3r_ros/ros/outputs.py.
   in   image (sensor_msgs/Image) or image/compressed (CompressedImage, compressed_input)
-  in   camera_info: checked whole (camera_info_check.py); its focal is reported next to the
-       model's (Human3R itself has no intrinsics input)
+  in   camera_info: checked whole (camera_info_check.py); with distortion, images are
+       rectified from it (rectification.py, parameter rectify); its focal is reported next to
+       the model's (Human3R itself has no intrinsics input)
   out  humans (h3r_ros/HumanArray, world frame; every track with its state, ages and
        velocity), /tf (world -> camera optical, or inverse; optionally camera optical ->
        <body_frame_prefix><track_id> per person), cloud and map_cloud (PointCloud2, world
@@ -476,7 +477,8 @@ class Human3RNode(LifecycleNode):
         return replace(state, model=loaded.description, tf=outputs.tf_status if outputs is not None else "n/a",
                        precision=f"{loaded.precision.dtype} ({loaded.precision.reason})",
                        hardware_id=hardware_id, device_values=device_values,
-                       focal_estimated=estimated, focal_camera_info=from_info)
+                       focal_estimated=estimated, focal_camera_info=from_info,
+                       input_values=processor.input_report())
 
     def _publish_diagnostics(self) -> None:
         self._diagnostics_pub.publish(node_status(

@@ -168,6 +168,12 @@ class Settings:
         DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this (raw, and compressed ones from "
         "their header, before decoding): bounds the memory one message can take.",
         live=True, min_value=1, max_value=_POS_INT_MAX)
+    rectify: bool = _param(
+        True, "Undistort images whose camera_info carries distortion (plumb_bob or rational_polynomial "
+        "with a non-zero coefficient, or equidistant) before the model, as image_proc does: the "
+        "outputs' intrinsics and pixel coordinates then refer to the rectified image (camera matrix "
+        "P). Until a camera_info arrives, frames are used as they are. Set false on an already "
+        "rectified topic (image_rect).", live=True)
     stamp_jump_threshold: float = _param(
         1.0, "An image stamped earlier than the previous one by less than this many "
         "seconds is dropped as out of order (counted); a larger backwards jump "
