@@ -324,8 +324,25 @@ def test_converter_writes_deduplicated_safetensors(converted, tiny):
     assert parse_model_string(header["model_string"])["mhmr_img_res"] == 280
     # DPT aliases (4 per adapter, 3 adapters) are stored once and re-aliased on load.
     assert header["aliases"][DPT_ALIAS] == DPT_CANONICAL and len(header["aliases"]) == 12
+    assert header["finite"] is True  # checked when the .pth was read
     with safetensors.safe_open(tensors_path, "pt") as f:
         assert set(f.keys()) == set(tiny[0]) - set(header["aliases"])
+
+
+def test_pair_from_an_older_converter_is_checked_once(converted, tmp_path, tiny, monkeypatch):
+    """A header without the finite record still loads: checked when first read, then recorded."""
+    tensors_path = Path(shutil.copy(converted[0], tmp_path))
+    header = json.loads(converted[1].read_text())
+    del header["finite"]
+    header_path = tmp_path / converted[1].name
+    header_path.write_text(json.dumps(header))
+    checked = []
+    monkeypatch.setattr(converted_format, "check_finite", lambda tensors, source: checked.append(source))
+    for _ in range(2):
+        model, _ = load_human3r(tensors_path)
+    assert checked == [tensors_path]
+    assert json.loads(header_path.read_text())["finite"] is True
+    assert_same_weights(model, tiny[0])
 
 
 def test_converted_safetensors_round_trip(converted, tiny):

@@ -369,17 +369,28 @@ def test_the_world_origin_is_exactly_the_first_camera_after_a_reset(rig):
 
 
 def test_enable_service_pauses_and_resumes_processing(rig):
+    """A frame received while disabled is neither processed nor queued: once the node counts
+    it as received, re-enabling and sending the next frame runs the engine once, for that
+    frame, and drops nothing (a queued frame would have run first, or been replaced)."""
+    received, dropped = "received messages (total)", "dropped frames (total)"
+    before = rig.diagnostics()
+    calls, restore = rig.wrap_engine_step()
     response = rig.call(SetBool, "enable", SetBool.Request(data=False))
     assert response.success and "disabled" in response.message
     try:
         stamp = rig.next_stamp()
         rig.send(image_msg(rig.assets.frames[0], stamp, CAMERA), wait=False)
-        time.sleep(1.5)
-        assert not by_stamp(rig.out["humans"].messages, stamp)
+        assert wait_until(lambda: int(rig.diagnostics()[received]) > int(before[received]), STEP_TIMEOUT)
         assert rig.diagnostics()["enabled"] == "false"
     finally:
         assert rig.call(SetBool, "enable", SetBool.Request(data=True)).success
-    assert rig.send_frame(1) is not None
+    try:
+        assert rig.send_frame(1) is not None
+        assert len(calls) == 1
+    finally:
+        restore()
+    assert rig.diagnostics()[dropped] == before[dropped]
+    assert not by_stamp(rig.out["humans"].messages, stamp)
 
 
 def test_stamp_jumping_backwards_resets_once(rig):

@@ -7,8 +7,10 @@ place them with the robot's transforms: a static person stays put with ~0 veloci
 walking one has the walking velocity, and the world is fixed in odom at the first image.
 """
 
+import dataclasses
 import math
 
+import cv2
 import numpy as np
 import pytest
 from ros_tools import require_modules
@@ -25,6 +27,8 @@ from h3r_ros.ros.outputs import TF_QOS
 ODOM = "odom"
 ROS_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0, 0, 1]])
 MISSING = "images without the output_frame transform (total)"
+# Columns: the ROS body axes (x forward, y left, z up) in SMPL-X body axes (x left, y up, z forward).
+SMPLX_FROM_ROS_BODY = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 
 
 def odom_from_camera(t: float) -> np.ndarray:
@@ -40,6 +44,25 @@ def translation(v) -> np.ndarray:
     shift = np.eye(4)
     shift[:3, 3] = v
     return shift
+
+
+def moved(person, transform: np.ndarray):
+    """``person`` with its world fields mapped by the rigid ``transform``, derived here rather
+    than with ``Person.transformed``, which the node uses to place people in output_frame."""
+    rot, shift = transform[:3, :3], transform[:3, 3]
+    rest_pelvis = person.joints_world[0] - person.transl_world  # a stock forward adds transl to J0
+    joints = person.joints_world @ rot.T + shift
+    full_pose = np.array(person.full_pose_world, dtype=np.float64)
+    full_pose[0] = cv2.Rodrigues(rot @ cv2.Rodrigues(full_pose[0])[0])[0].ravel()
+    return dataclasses.replace(
+        person,
+        head_world=person.head_world @ rot.T + shift,
+        joints_world=joints,
+        full_pose_world=full_pose,
+        transl_world=joints[0] - rest_pelvis,
+        pelvis_rotation_world=rot @ person.pelvis_rotation_world,
+        vertices_world=None if person.vertices_world is None else person.vertices_world @ rot.T + shift,
+    )
 
 
 class ScriptedPerson:
@@ -59,13 +82,16 @@ class ScriptedPerson:
             t = stamp_key(stamp) * 1e-9
             odom_from_world = odom_from_camera(t) @ np.linalg.inv(result.cam_to_world)
             if self.in_odom is None:
-                self.in_odom = next(p for p in result.people if p.joints_world is not None).transformed(odom_from_world)
-            moved = self.in_odom.transformed(translation(self.velocity * (t - self.t0)))
-            result.people = [moved.transformed(np.linalg.inv(odom_from_world))]
+                self.in_odom = moved(next(p for p in result.people if p.joints_world is not None), odom_from_world)
+            result.people = [moved(self.expected(t), np.linalg.inv(odom_from_world))]
             return result
 
         engine.step = step
         self.restore = lambda: vars(engine).pop("step")
+
+    def expected(self, t: float):
+        """The person at ``t``, in odom."""
+        return moved(self.in_odom, translation(self.velocity * (t - self.t0)))
 
     def send(self, t: float, with_tf: bool = True):
         stamp = stamp_of(t)
@@ -103,6 +129,13 @@ def test_velocity_is_estimated_in_the_output_frame(rig, velocity):
             pelvis, v, person = pelvis_and_velocity(humans)
             start = pelvis if start is None else start
             np.testing.assert_allclose(pelvis, start + np.asarray(velocity) * (t - t0), atol=1e-4)
+            expected = script.expected(t)
+            np.testing.assert_allclose(pelvis, expected.joints_world[0], atol=1e-4)
+            np.testing.assert_allclose(person.transl, expected.transl_world, atol=1e-4)
+            np.testing.assert_allclose(pose_matrix(person.pelvis)[:3, :3], expected.pelvis_rotation_world @ SMPLX_FROM_ROS_BODY,
+                                       atol=1e-4)
+            root = cv2.Rodrigues(np.asarray(person.full_pose[:3], dtype=np.float64))[0]
+            np.testing.assert_allclose(root, cv2.Rodrigues(expected.full_pose_world[0])[0], atol=1e-4)
             if k == 0:
                 assert np.isnan(v).all()
             else:  # the camera moves at 1 m/s and turns: none of that is in the person's velocity

@@ -9,12 +9,14 @@ rotates about the rest pelvis J0 (V = R (V0 - J0) + J0 + transl), reproduces the
 
 The model file is untrusted: smplx itself reads it with ``np.load(allow_pickle=True)``, so a
 crafted ``.npz`` could run code. Here it is read without pickle (object arrays are never
-loaded), with every member's size checked from its header first; only the plain numeric
-arrays smplx needs are re-written to a private temporary file, and smplx reads that one.
+loaded), under the archive policy shared with checkpoints, with every member's size checked
+from its header first and every value finite; only the plain numeric arrays smplx needs are
+re-written to a private temporary file, and smplx reads that one.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import zipfile
 from dataclasses import dataclass, replace
@@ -25,6 +27,8 @@ import roma
 import smplx
 import torch
 from smplx.lbs import batch_rigid_transform, blend_shapes, lbs
+
+from h3r_ros.model.archive_policy import ArchiveError, check_npy_member, npz_members
 
 SMPLX_FILE = "SMPLX_NEUTRAL.npz"
 HEAD_JOINT = 15
@@ -44,9 +48,9 @@ class SmplxFileError(ValueError):
     """The SMPL-X file is unreadable or not what smplx expects; the text names it."""
 
 
-def _member_header(archive: zipfile.ZipFile, name: str, file: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of one .npy member, from its header only."""
-    with archive.open(name) as stream:
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, file: Path) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, header bytes) of one .npy member, from its header only."""
+    with archive.open(info) as stream:
         try:
             version = np.lib.format.read_magic(stream)
             if version == (1, 0):
@@ -54,35 +58,47 @@ def _member_header(archive: zipfile.ZipFile, name: str, file: Path) -> tuple[tup
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
         except ValueError as exc:
-            raise SmplxFileError(f"{file}: member {name!r} is not a .npy array: {exc}") from None
-    return tuple(shape), dtype
+            raise SmplxFileError(f"{file}: member {info.filename!r} is not a .npy array: {exc}") from None
+        return tuple(shape), dtype, stream.tell()
 
 
 def read_smplx_arrays(file: str | Path) -> dict[str, np.ndarray]:
-    """The arrays smplx needs from an SMPL-X ``.npz``, read without pickle: members holding
-    Python objects are refused when needed and never loaded otherwise, and sizes are checked
-    from the headers before anything is read. Raises SmplxFileError naming the file."""
+    """The arrays smplx needs from an SMPL-X ``.npz``, read without pickle: the archive must
+    pass :mod:`h3r_ros.model.archive_policy`, members holding Python objects are refused when
+    needed and never loaded otherwise, sizes are checked from the headers before anything is
+    read, and every floating value must be finite. Raises SmplxFileError naming the file."""
     file = Path(file)
     try:
         with zipfile.ZipFile(file) as archive:
-            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            members = npz_members(archive, MAX_SMPLX_BYTES)
             missing = [key for key in _REQUIRED if key not in members]
             if missing:
                 raise SmplxFileError(f"{file}: not an SMPL-X model, missing arrays {missing}")
+            needed = {key: members[key] for key in SMPLX_ARRAYS if key in members}
             total = 0
-            for key in (k for k in SMPLX_ARRAYS if k in members):
-                shape, dtype = _member_header(archive, members[key].filename, file)
+            for key, info in needed.items():
+                shape, dtype, header_bytes = _member_header(archive, info, file)
                 if dtype.hasobject or dtype.kind not in "biuf":
                     raise SmplxFileError(f"{file}: array {key!r} has dtype {dtype}, not a plain number type")
                 if len(shape) > _MAX_DIMS:
                     raise SmplxFileError(f"{file}: array {key!r} has {len(shape)} dimensions")
-                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                if total > MAX_SMPLX_BYTES or members[key].file_size > MAX_SMPLX_BYTES:
+                array_bytes = math.prod(shape) * dtype.itemsize
+                total += array_bytes
+                if total > MAX_SMPLX_BYTES:
                     raise SmplxFileError(f"{file}: arrays larger than {MAX_SMPLX_BYTES} bytes")
-        with np.load(file, allow_pickle=False) as npz:
-            return {key: npz[key] for key in SMPLX_ARRAYS if key in members}
+                check_npy_member(info, header_bytes, array_bytes)
+            arrays = {}
+            for key, info in needed.items():  # the very members checked above
+                with archive.open(info) as stream:
+                    arrays[key] = np.lib.format.read_array(stream, allow_pickle=False)
+                if arrays[key].dtype.kind == "f" and not np.isfinite(arrays[key]).all():
+                    kind = "NaN" if np.isnan(arrays[key]).any() else "Inf"
+                    raise SmplxFileError(f"{file}: array {key!r} holds {kind}; every value must be finite")
+            return arrays
     except SmplxFileError:
         raise
+    except ArchiveError as exc:
+        raise SmplxFileError(f"{file}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - corrupt zip, bad header, truncated data, ...
         raise SmplxFileError(f"{file}: unreadable SMPL-X model: {type(exc).__name__}: {exc}") from None
 

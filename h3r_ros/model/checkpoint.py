@@ -6,8 +6,10 @@ and the training configuration (an OmegaConf ``DictConfig``) under ``args``; the
 read through :mod:`.safe_unpickle` (restricted unpickler, after a first pass that bounds what
 the pickle declares). ``convert_checkpoint`` rewrites a ``.pth`` in the format of
 :mod:`.converted` (``<prefix>.safetensors`` + ``<prefix>.json``, no pickle), and
-``load_human3r`` prefers that pair when it sits next to the ``.pth``. Every state dict is
-checked key by key and shape by shape against the model before it is loaded.
+``load_human3r`` prefers that pair when it sits next to the ``.pth``. The archive must pass
+:mod:`.archive_policy`; every loaded tensor is checked again (:mod:`.tensor_checks`: views
+within their storages, finite values), and every state dict key by key and shape by shape
+against the model before it is loaded.
 
 Every failure of the public loading functions is a ``CheckpointError`` naming the file.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from h3r_ros.model.checkpoint_errors import CheckpointError, CheckpointNotFoundError, UnsafePickleError
+from h3r_ros.model.archive_policy import ArchiveError, torch_archive
+from h3r_ros.model.checkpoint_errors import CheckpointError, CheckpointNotFoundError, UnsafePickleError, preview
 from h3r_ros.model.config import Human3RConfig
 from h3r_ros.model.converted import (
     FORMAT_NAME,
@@ -40,6 +44,7 @@ from h3r_ros.model.converted import tensor_file_binding as _tensor_file_binding 
 from h3r_ros.model.human3r import Human3R
 from h3r_ros.model.model_string import MODEL_CLASS, parse_model_string
 from h3r_ros.model.safe_unpickle import PickledObject, restricted_pickle, scan_archive
+from h3r_ros.model.tensor_checks import check_finite, check_loaded_tensors
 
 __all__ = [
     "FORMAT_NAME",
@@ -62,7 +67,9 @@ log = logging.getLogger(__name__)
 
 _MODULE_PREFIX = "module."
 _LISTED = 8  # entries shown per category in a key-mismatch report
+_MAX_KEY_SHOWN = 200  # characters of a key from the file in a message
 _MAX_MODEL_STRING = 8192  # characters
+_MODEL_STRING_START = re.compile(r"\s*" + re.escape(MODEL_CLASS) + r"\(")
 
 
 def _one_error(function):
@@ -92,8 +99,9 @@ def _one_error(function):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
     """Read a ``torch.save`` checkpoint safely: ``(state_dict, model_string or None)``.
 
-    Tensors are memory-mapped from the file. Accepts the training format (``{'model': sd,
-    'args': cfg, ...}``) and bare state dicts.
+    Tensors are memory-mapped from the file, and checked (views, finite values) before
+    they are returned. Accepts the training format (``{'model': sd, 'args': cfg, ...}``) and
+    bare state dicts.
     """
     path = Path(path)
     if not path.is_file():
@@ -109,7 +117,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
                 raise CheckpointError(
                     f"{path}: zip archive with {len(pickles)} data.pkl, not a torch.save checkpoint"
                 )
-            scan_archive(path, archive, pickles[0])
+            scan_archive(path, archive, torch_archive(archive, path.stat().st_size))
+    except ArchiveError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(
             f"{path}: not a readable torch.save archive ({exc}); the file is truncated, "
@@ -135,11 +145,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
             f"{path}: expected a dict with a 'model' state dict (or a bare state dict), "
             f"got {type(obj).__name__}"
         )
-    bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    bad = [key for key, value in state_dict.items() if not (type(key) is str and isinstance(value, torch.Tensor))]
     if bad:
-        raise CheckpointError(f"{path}: state dict entries that are not tensors: {bad[:_LISTED]}")
+        raise CheckpointError(f"{path}: state dict entries that are not tensors under names: {preview(bad[:_LISTED])}")
     if model_string is not None and len(model_string) > _MAX_MODEL_STRING:
         raise CheckpointError(f"{path}: model string of {len(model_string)} characters (at most {_MAX_MODEL_STRING})")
+    check_loaded_tensors(state_dict, path)
+    check_finite(state_dict, path)
     return state_dict, model_string
 
 
@@ -151,18 +163,21 @@ def find_model_string(obj: Any) -> str | None:
     and stub records is considered. A string found under a key named ``model`` wins.
     """
     found: dict[str, bool] = {}  # string -> seen under key 'model'
+    # Every object is examined once, strings too: a file may refer to one 16 MiB string
+    # 20,000 times.
     seen: set[int] = set()
     stack: list[tuple[Any, str | None]] = [(obj, None)]
     while stack:
         node, label = stack.pop()
-        if isinstance(node, str):
-            if node.lstrip().startswith(MODEL_CLASS + "("):
-                found[node] = found.get(node, False) or label == "model"
-            continue
         if id(node) in seen:  # OmegaConf nodes point back at their parents
+            if label == "model" and isinstance(node, str) and node in found:
+                found[node] = True
             continue
         seen.add(id(node))
-        if isinstance(node, PickledObject):
+        if isinstance(node, str):
+            if _MODEL_STRING_START.match(node):
+                found[node] = found.get(node, False) or label == "model"
+        elif isinstance(node, PickledObject):
             children = (node.args, node.kwargs, node.state, node.items, node.elements)
             stack.extend((child, label) for child in children)
         elif isinstance(node, Mapping):
@@ -175,7 +190,7 @@ def find_model_string(obj: Any) -> str | None:
 
     preferred = [text for text, under_model in found.items() if under_model] or list(found)
     if len(preferred) > 1:
-        raise CheckpointError(f"checkpoint holds {len(preferred)} different model strings: {preferred}")
+        raise CheckpointError(f"checkpoint holds {len(preferred)} different model strings: {preview(preferred)}")
     return preferred[0] if preferred else None
 
 
@@ -199,7 +214,7 @@ def check_state_dict(
     """
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
+    unexpected = [_shown(key) for key in state_dict if key not in expected]
     mismatched = [
         f"{key}: checkpoint {list(state_dict[key].shape)} vs model {list(tensor.shape)}"
         for key, tensor in expected.items()
@@ -222,6 +237,11 @@ def check_state_dict(
             "the prefix is only stripped when every key has it"
         )
     raise CheckpointError("\n".join(lines))
+
+
+def _shown(key: str) -> str:
+    """A key from the file, cut to a length a message can show."""
+    return key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
 
 
 def load_state_dict_strict(

@@ -3,9 +3,11 @@
 
 The ``.safetensors`` file holds the tensors (memory-mapped on load, no pickle at all); the
 ``.json`` sidecar holds the model string, the format version, aliases for tensors stored
-once, the size and SHA-256 of the tensor file it belongs to, and the SHA-256 of the source
-``.pth`` it was converted from. Whether a pair may stand in for a given ``.pth`` (it was
-made from that file's content) is also decided here.
+once, the size and SHA-256 of the tensor file it belongs to, the SHA-256 of the source
+``.pth`` it was converted from, and ``finite``: that every floating tensor was checked for
+NaN and Inf (a pair from an older converter lacks it, and is checked when first read).
+Whether a pair may stand in for a given ``.pth`` (it was made from that file's content) is
+also decided here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import safetensors.torch
 import torch
 
 from h3r_ros.model.checkpoint_errors import CheckpointError, CheckpointNotFoundError
+from h3r_ros.model.tensor_checks import check_finite
 
 __all__ = [
     "FORMAT_NAME",
@@ -59,9 +62,9 @@ def write_converted(
     source: Path,
     source_sha256: str | None,
 ) -> tuple[Path, Path]:
-    """Write ``state_dict`` (already checked against its model) as the pair at ``prefix``,
-    converted from ``source`` (whose SHA-256 is computed unless the caller verified it);
-    returns the two paths written."""
+    """Write ``state_dict`` (already checked against its model, and finite) as the pair at
+    ``prefix``, converted from ``source`` (whose SHA-256 is computed unless the caller
+    verified it); returns the two paths written."""
     tensors, aliases = _unshare(state_dict)
     tensors_path, header_path = converted_paths(prefix)
     # Write to temporary names and rename: a half-written pair must never be picked up.
@@ -80,6 +83,7 @@ def write_converted(
             "aliases": aliases,
             "source": recorded_source,
             "tensors": tensor_file_binding(tmp_tensors),
+            "finite": True,
         }
         tmp_header.write_text(_header_text(header))
         os.replace(tmp_tensors, tensors_path)
@@ -206,6 +210,10 @@ def read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, tor
         state_dict = safetensors.torch.load_file(tensors_path)
     except Exception as exc:
         raise CheckpointError(f"{tensors_path}: cannot read safetensors file: {exc}") from exc
+    if header.get("finite") is not True:
+        check_finite(state_dict, tensors_path)
+        header["finite"] = True
+        _rewrite_header(header_path, header)
     for alias, key in aliases.items():
         if alias in state_dict:
             raise CheckpointError(f"{header_path}: alias {alias!r} would replace a stored tensor")

@@ -8,13 +8,19 @@ builtin containers; every other global becomes an inert stub that records its pi
 and calling a stub (what a malicious ``__reduce__`` does) is refused. Nothing is imported on
 the file's behalf.
 
+It is the pure-Python unpickler with each opcode guarded, so that its work is bounded and
+nothing it built can be changed afterwards: every opcode and every element a constructor
+call copies is charged to a budget (a few bytes of pickle must not become a large container,
+nor a shared object many copies); dict keys and set elements are hashed only when small
+(a tuple's hash is not cached, and one of shared tuples costs 2**depth); items are added only
+to containers, and BUILD (``__setstate__``) applies only to config stubs and to the state
+dict's ``_metadata``: on a tensor it would re-point it (``Tensor.set_``) after every check.
+
 The first pass (:func:`scan_archive`) unpickles the same way without reading tensor data, so
-a small file cannot make the loader allocate much: every storage must fit in its record,
-every tensor view must lie inside its storage with positive strides, the views together may
-address at most ``_MAX_REPEATED_BYTES`` more than the storages hold (overlapping views repeat
-data: compact test checkpoints use them, released ones do not), and the allow-listed
-callables have a budget of elements they may build (pickled calls over shared objects grow
-exponentially).
+a small file cannot make the loader allocate much: every storage must be exactly its record
+(members checked by :mod:`.archive_policy`), every tensor view must lie inside its storage
+with positive strides, and the views together may repeat at most
+:data:`.tensor_checks.MAX_REPEATED_BYTES`.
 """
 
 from __future__ import annotations
@@ -25,18 +31,24 @@ import math
 import pickle
 import types
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from h3r_ros.model.checkpoint_errors import CheckpointError, UnsafePickleError
+from h3r_ros.model.archive_policy import TorchArchive
+from h3r_ros.model.checkpoint_errors import CheckpointError, UnsafePickleError, preview, type_name
+from h3r_ros.model.tensor_checks import MAX_REPEATED_BYTES, view_extent
 
 __all__ = ["PickledObject", "restricted_pickle", "scan_archive"]
 
-_MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl of a real checkpoint is well under 1 MB
-_MAX_BUILT_ELEMENTS = 1_000_000  # elements the allow-listed callables may build in one file
-_MAX_REPEATED_BYTES = 2**30  # bytes overlapping views may address beyond their storages
+# Opcodes run plus elements copied by constructor calls, in one file; a real checkpoint's
+# data.pkl (1631 tensors and the training config) runs well under 100,000 opcodes.
+_MAX_BUILT_ELEMENTS = 1_000_000
+_MAX_KEY_PARTS = 64  # atoms and tuples in one dict key or set element
+_MAX_KEY_INT_BITS = 1024  # an int's hash is computed anew each time
 _MAX_TENSOR_DIMS = 8
 _MAX_TENSORS = 100_000
 
@@ -60,14 +72,46 @@ def _size_of(value: Any) -> int:
         return len(value)
     except TypeError:
         raise UnsafePickleError(
-            f"refusing to unpickle: constructor argument of type {type(value).__name__} has no length"
+            f"refusing to unpickle: constructor argument of type {type_name(value)} has no length"
         ) from None
 
 
+def _check_key(key: Any) -> None:
+    """Refuse a dict key or set element whose hash is unbounded work: only atoms, objects
+    hashed by identity, and tuples of at most ``_MAX_KEY_PARTS`` parts in all."""
+    todo, parts = [key], 0
+    while todo:
+        part = todo.pop()
+        parts += 1
+        if type(part) in (tuple, torch.Size):
+            parts += len(part)
+            if parts <= _MAX_KEY_PARTS:
+                todo.extend(part)
+        elif type(part) is int and part.bit_length() > _MAX_KEY_INT_BITS:
+            parts = math.inf
+        elif not (isinstance(part, _ATOMS) or type(part).__hash__ is object.__hash__):
+            raise UnsafePickleError(
+                f"refusing to unpickle: a dict key or set element of type {type_name(part)}"
+            )
+        if parts > _MAX_KEY_PARTS:
+            raise UnsafePickleError(
+                f"refusing to unpickle: a dict key or set element larger than {_MAX_KEY_PARTS} parts"
+            )
+
+
+def _check_keys_of(kind, args) -> None:
+    """The keys a dict or set constructor would hash (mappings were checked when built)."""
+    for arg in args:
+        if isinstance(arg, Mapping):
+            continue
+        for item in arg:
+            _check_key(item if kind in (set, frozenset) else item[0])
+
+
 class _Budget:
-    """Elements the allow-listed callables have built so far in one file: a pickle can call
-    ``list(x)`` or ``_codecs.encode(s)`` over one shared object many times, so each call is
-    charged the size of what it builds."""
+    """Opcodes run and elements copied so far in one file: a pickle can call ``list(x)`` or
+    ``_codecs.encode(s)`` over one shared object many times, so each call is charged the size
+    of what it builds."""
 
     def __init__(self) -> None:
         self.used = 0
@@ -77,13 +121,18 @@ class _Budget:
         if self.used > _MAX_BUILT_ELEMENTS:
             raise UnsafePickleError(
                 f"refusing to unpickle: the pickle builds more than {_MAX_BUILT_ELEMENTS} elements "
-                "through constructor calls (amplification)"
+                "(amplification)"
             )
+
+
+_HASHING = (dict, set, frozenset, collections.OrderedDict)
 
 
 def _container(kind, budget: _Budget):
     def build(*args, **kwargs):
         budget.charge(sum(_size_of(a) for a in args) + len(kwargs))
+        if kind in _HASHING:
+            _check_keys_of(kind, args)
         return kind(*args, **kwargs)
 
     return build
@@ -97,7 +146,7 @@ def _scalar(kind, budget: _Budget):
         for arg in args:
             if not isinstance(arg, _ATOMS):
                 raise UnsafePickleError(
-                    f"refusing to unpickle: {kind.__name__}() of a {type(arg).__name__}"
+                    f"refusing to unpickle: {kind.__name__}() of a {type_name(arg)}"
                 )
         budget.charge(sum(_size_of(a) for a in args))
         return kind(*args)
@@ -118,9 +167,10 @@ def _allowed_globals(budget: _Budget, rebuild_tensor, rebuild_parameter) -> dict
 
     def defaultdict(factory=None, *args):
         # OmegaConf's resolver cache; only an allow-listed constructor may be its factory.
-        if factory is not None and factory not in builders:
-            raise UnsafePickleError(f"refusing to unpickle: defaultdict with factory {factory!r}")
+        if factory is not None and not any(factory is builder for builder in builders):
+            raise UnsafePickleError(f"refusing to unpickle: defaultdict with factory {preview(factory)}")
         budget.charge(sum(_size_of(a) for a in args))
+        _check_keys_of(dict, args)
         return collections.defaultdict(factory, *args)
 
     plain = {key: _container(kind, budget) for key, kind in containers.items()}
@@ -192,11 +242,95 @@ def _rebuild_parameter(data, requires_grad, backward_hooks):
     return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _guard(handler, check=None):
+    """``handler`` charged one element of the budget, after ``check`` passed."""
+
+    def guarded(unpickler: _RestrictedUnpickler) -> None:
+        unpickler.budget.charge(1)
+        if check is not None:
+            check(unpickler)
+        handler(unpickler)
+
+    return guarded
+
+
+def _refuse_target(target: Any, kinds: tuple[type, ...], opcode: str) -> None:
+    if not isinstance(target, kinds):
+        raise UnsafePickleError(f"refusing to unpickle: {opcode} on a {type_name(target)}")
+
+
+def _marked_target(unpickler) -> Any:
+    """The object under the MARK (what SETITEMS, APPENDS and ADDITEMS fill)."""
+    return unpickler.metastack[-1][-1] if unpickler.metastack and unpickler.metastack[-1] else None
+
+
+def _check_setitem(unpickler) -> None:
+    _refuse_target(unpickler.stack[-3], (dict, PickledObject), "SETITEM")
+    _check_key(unpickler.stack[-2])
+
+
+def _check_setitems(unpickler) -> None:
+    _refuse_target(_marked_target(unpickler), (dict, PickledObject), "SETITEMS")
+    for key in unpickler.stack[::2]:
+        _check_key(key)
+
+
+def _check_dict(unpickler) -> None:
+    for key in unpickler.stack[::2]:
+        _check_key(key)
+
+
+def _check_append(unpickler) -> None:
+    _refuse_target(unpickler.stack[-2], (list, PickledObject), "APPEND")
+
+
+def _check_appends(unpickler) -> None:
+    _refuse_target(_marked_target(unpickler), (list, PickledObject), "APPENDS")
+
+
+def _check_set_elements(unpickler) -> None:
+    for element in unpickler.stack:
+        _check_key(element)
+
+
+def _check_additems(unpickler) -> None:
+    _refuse_target(_marked_target(unpickler), (set,), "ADDITEMS")
+    _check_set_elements(unpickler)
+
+
+def _check_build(unpickler) -> None:
+    """BUILD sets state on config stubs (which record it) and the state dict's ``_metadata``
+    only: on a tensor, ``__setstate__`` re-points it after every check."""
+    target, state = unpickler.stack[-2], unpickler.stack[-1]
+    if isinstance(target, PickledObject):
+        return
+    if type(target) is collections.OrderedDict and type(state) is dict and all(k == "_metadata" for k in state):
+        return
+    raise UnsafePickleError(f"refusing to unpickle: BUILD (__setstate__) on a {type_name(target)}")
+
+
+_CHECKS = {
+    pickle.SETITEM: _check_setitem,
+    pickle.SETITEMS: _check_setitems,
+    pickle.DICT: _check_dict,
+    pickle.APPEND: _check_append,
+    pickle.APPENDS: _check_appends,
+    pickle.ADDITEMS: _check_additems,
+    pickle.FROZENSET: _check_set_elements,
+    pickle.BUILD: _check_build,
+}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    dispatch = {
+        code: _guard(handler, _CHECKS.get(bytes([code]))) for code, handler in pickle._Unpickler.dispatch.items()
+    }
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stubs: dict[tuple[str, str], type] = {}
-        self._allowed = _allowed_globals(_Budget(), torch._utils._rebuild_tensor_v2, _rebuild_parameter)
+        self.budget = _Budget()
+        self._allowed = _allowed_globals(self.budget, torch._utils._rebuild_tensor_v2, _rebuild_parameter)
 
     def find_class(self, module: str, name: str) -> Any:
         # Python-2 era names (protocol <= 2 writes __builtin__, ...), as pickle itself maps them.
@@ -223,11 +357,13 @@ restricted_pickle = types.ModuleType("h3r_restricted_pickle")
 restricted_pickle.Unpickler = _RestrictedUnpickler
 
 
+@dataclass(frozen=True)
 class _Storage:
-    """What the first pass knows of a storage: its size in elements of its dtype."""
+    """What the first pass knows of a storage (immutable: the pickle must not change it)."""
 
-    def __init__(self, key: str, numel: int, itemsize: int) -> None:
-        self.key, self.numel, self.itemsize = key, numel, itemsize
+    key: str
+    numel: int
+    itemsize: int
 
 
 class _ScanUnpickler(_RestrictedUnpickler):
@@ -237,10 +373,10 @@ class _ScanUnpickler(_RestrictedUnpickler):
     def __init__(self, file, records: dict[str, zipfile.ZipInfo]) -> None:
         super().__init__(file)
         self._records = records
-        self._storages: dict[str, _Storage] = {}
+        self.storages: dict[str, _Storage] = {}
         self.view_bytes = 0
         self._tensors = 0
-        self._allowed = _allowed_globals(_Budget(), self._rebuild_tensor, lambda data, *_: data)
+        self._allowed = _allowed_globals(self.budget, self._rebuild_tensor, lambda data, *_: data)
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and name.endswith("Storage"):
@@ -251,82 +387,74 @@ class _ScanUnpickler(_RestrictedUnpickler):
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"unexpected persistent id {str(pid)[:80]!r}")
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"unexpected persistent id {preview(pid)}")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise CheckpointError(f"malformed storage record {str(pid)[:80]!r}")
+        if type(key) is not str or type(numel) is not int or numel < 0:
+            raise CheckpointError(f"malformed storage record {preview(pid)}")
         if storage_type is torch.UntypedStorage:
             itemsize = 1
         elif isinstance(storage_type, torch.serialization.StorageType):
             itemsize = torch._utils._element_size(storage_type.dtype)
         else:
-            raise CheckpointError(f"storage {key!r} of unknown type {storage_type!r}")
-        if key in self._storages:
-            return self._storages[key]
+            raise CheckpointError(f"storage {preview(key)} of unknown type {preview(storage_type)}")
+        storage = _Storage(key, numel, itemsize)
+        if key in self.storages:
+            # torch.load re-reads a key whose storage is empty: each declaration must agree.
+            if self.storages[key] != storage:
+                raise CheckpointError(f"storage {preview(key)} is declared twice with different sizes")
+            return storage
         record = self._records.get(key)
         if record is None:
-            raise CheckpointError(f"storage {key!r} has no record in the archive")
-        if record.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"storage {key!r} is compressed (torch.save stores them uncompressed)")
-        if numel * itemsize > record.file_size:
+            raise CheckpointError(f"storage {preview(key)} has no record in the archive")
+        if numel * itemsize != record.file_size:
             raise CheckpointError(
-                f"storage {key!r} declares {numel * itemsize} bytes but its record holds {record.file_size}"
+                f"storage record {preview(record.orig_filename)} holds {record.file_size} bytes, "
+                f"but data.pkl declares {numel * itemsize} bytes"
             )
-        self._storages[key] = storage = _Storage(key, numel, itemsize)
+        self.storages[key] = storage
         return storage
 
     def _rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
         if not isinstance(storage, _Storage):
-            raise CheckpointError(f"tensor over a {type(storage).__name__}, not a storage")
-        ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+            raise CheckpointError(f"tensor over a {type_name(storage)}, not a storage")
+        ints = (offset, *size, *stride) if type(size) is tuple and type(stride) is tuple else None
         if ints is None or not all(type(v) is int for v in ints) or len(size) != len(stride):
-            raise CheckpointError(f"malformed tensor view over storage {storage.key!r}")
+            raise CheckpointError(f"malformed tensor view over storage {preview(storage.key)}")
         if len(size) > _MAX_TENSOR_DIMS or offset < 0 or min(size, default=1) < 0:
-            raise CheckpointError(f"tensor view over storage {storage.key!r} has shape {size}, offset {offset}")
+            raise CheckpointError(
+                f"tensor view over storage {preview(storage.key)} has shape {preview(size)}, offset {offset}"
+            )
         self._tensors += 1
         if self._tensors > _MAX_TENSORS:
             raise CheckpointError(f"more than {_MAX_TENSORS} tensors")
-        numel = math.prod(size)
-        if numel:
-            if any(st < 1 for n, st in zip(size, stride) if n > 1):
-                raise CheckpointError(
-                    f"tensor view with shape {size} and strides {stride} over storage {storage.key!r}: "
-                    "zero or negative strides are refused (they repeat data)"
-                )
-            extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
-            if extent > storage.numel:
-                raise CheckpointError(
-                    f"tensor view with shape {size}, strides {stride}, offset {offset} reaches element "
-                    f"{extent} of storage {storage.key!r}, which holds {storage.numel}"
-                )
-        self.view_bytes += numel * storage.itemsize
+        try:
+            extent = view_extent(size, stride, offset)
+        except ValueError as exc:
+            raise CheckpointError(f"tensor view over storage {preview(storage.key)}: {exc}") from None
+        if extent > storage.numel:
+            raise CheckpointError(
+                f"tensor view with shape {size}, strides {stride}, offset {offset} reaches element "
+                f"{extent} of storage {preview(storage.key)}, which holds {storage.numel}"
+            )
+        self.view_bytes += math.prod(size) * storage.itemsize
         return storage
 
-    def storage_bytes(self) -> int:
-        return sum(s.numel * s.itemsize for s in self._storages.values())
 
-
-def scan_archive(path: Path, archive: zipfile.ZipFile, pickle_name: str) -> None:
+def scan_archive(path: Path, archive: zipfile.ZipFile, members: TorchArchive) -> None:
     """The first pass (see the module docstring); raises CheckpointError."""
-    prefix = pickle_name[: -len("data.pkl")]
-    records = {
-        info.filename[len(prefix) + len("data/"):]: info
-        for info in archive.infolist()
-        if info.filename.startswith(prefix + "data/")
-    }
-    info = archive.getinfo(pickle_name)
-    if info.file_size > _MAX_PICKLE_BYTES:
-        raise CheckpointError(f"{path}: data.pkl is {info.file_size} bytes (at most {_MAX_PICKLE_BYTES})")
-    with archive.open(info) as stream:
-        scanner = _ScanUnpickler(stream, records)
+    with archive.open(members.pickle) as stream:
+        scanner = _ScanUnpickler(stream, members.storages)
         try:
             scanner.load()
         except CheckpointError as exc:
             raise type(exc)(f"{path}: {exc}") from None
-    if scanner.view_bytes > scanner.storage_bytes() + _MAX_REPEATED_BYTES:
+    unused = members.storages.keys() - scanner.storages.keys()
+    if unused:
+        raise CheckpointError(f"{path}: storage records that data.pkl does not use: {preview(sorted(unused))}")
+    held = sum(s.numel * s.itemsize for s in scanner.storages.values())
+    if scanner.view_bytes > held + MAX_REPEATED_BYTES:
         raise CheckpointError(
             f"{path}: its tensors address {scanner.view_bytes} bytes but its storages hold only "
-            f"{scanner.storage_bytes()} (overlapping views repeating more than {_MAX_REPEATED_BYTES} bytes: "
-            "amplification)"
+            f"{held} (overlapping views repeating more than {MAX_REPEATED_BYTES} bytes: amplification)"
         )
