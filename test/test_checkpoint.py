@@ -438,6 +438,24 @@ def test_unchanged_source_is_not_hashed_again(tmp_path, tiny, hashed, monkeypatc
     assert hashed.count(pth.resolve()) == 1
 
 
+def test_unchanged_pair_is_not_hashed_again(tmp_path, tiny, hashed):
+    pth = save_training_checkpoint(tmp_path / "human3r.pth", *tiny)
+    tensors_path, header_path = checkpoint.convert_checkpoint(pth)
+    tensors_path = tensors_path.resolve()
+    assert hashed.count(tensors_path.with_name(tensors_path.name + ".tmp")) == 1  # at conversion
+    converted_format._cached_sha256.cache_clear()  # as in a new process: only the header remembers
+    for _ in range(2):  # two configures
+        assert_same_weights(load_human3r(pth)[0], tiny[0])
+    assert hashed.count(tensors_path) == 0
+    # A touched tensor file is hashed once, and its new stamp recorded.
+    os.utime(tensors_path, ns=(tensors_path.stat().st_atime_ns, tensors_path.stat().st_mtime_ns + 10**9))
+    converted_format._cached_sha256.cache_clear()
+    for _ in range(2):
+        assert_same_weights(load_human3r(pth)[0], tiny[0])
+    assert hashed.count(tensors_path) == 1
+    assert json.loads(header_path.read_text())["tensors"]["mtime_ns"] == tensors_path.stat().st_mtime_ns
+
+
 def test_source_hash_is_remembered_in_process(tmp_path, tiny, hashed, monkeypatch):
     pth = save_training_checkpoint(tmp_path / "human3r.pth", *tiny)
     checkpoint.convert_checkpoint(pth)

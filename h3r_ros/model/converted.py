@@ -4,7 +4,8 @@
 The ``.safetensors`` file holds the tensors (memory-mapped on load, no pickle at all); the
 ``.json`` sidecar holds the model string, the format version, aliases for tensors stored
 once, the size and SHA-256 of the tensor file it belongs to, the SHA-256 of the source
-``.pth`` it was converted from, and ``finite``: that every floating tensor was checked for
+``.pth`` it was converted from (each with the stamp it was hashed at: size, mtime and ctime,
+so that an unchanged file is not hashed again on every configure), and ``finite``: that every floating tensor was checked for
 NaN and Inf (a pair from an older converter lacks it, and is checked when first read).
 Whether a pair may stand in for a given ``.pth`` (it was made from that file's content) is
 also decided here.
@@ -75,6 +76,10 @@ def write_converted(
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file(tensors, tmp_tensors, metadata={"format": FORMAT_NAME})
         shutil.copymode(source, tmp_tensors)  # readable by whoever could read the .pth
+        binding = tensor_file_binding(tmp_tensors)
+        os.replace(tmp_tensors, tensors_path)
+        # The stamp after the rename (which sets ctime): the next read of an unchanged pair needs no hash.
+        binding.update(_stamp(tensors_path.stat()))
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -82,11 +87,10 @@ def write_converted(
             "variant": None if model_string else variant,
             "aliases": aliases,
             "source": recorded_source,
-            "tensors": tensor_file_binding(tmp_tensors),
+            "tensors": binding,
             "finite": True,
         }
         tmp_header.write_text(_header_text(header))
-        os.replace(tmp_tensors, tensors_path)
         os.replace(tmp_header, header_path)  # last: the header's presence marks a complete pair
     except Exception as exc:
         tmp_tensors.unlink(missing_ok=True)
@@ -129,6 +133,30 @@ def _unshare(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 def tensor_file_binding(tensors_path: Path) -> dict:
     """What ties a header to its tensor file: the file's size and SHA-256 (checked before its
     safetensors header is parsed, so a header from another conversion is never trusted)."""
+    size = _checked_size(tensors_path)
+    return {"size": size, "sha256": _sha256_file(tensors_path)}
+
+
+def _belongs(tensors_path: Path, header: dict, header_path: Path) -> bool:
+    """Whether ``header`` was written for this tensor file: its recorded size and SHA-256, the
+    hash spared while the file keeps the stamp recorded with it (the new stamp is recorded
+    after a hash that matches, as for the source)."""
+    recorded = header.get("tensors")
+    if not isinstance(recorded, dict) or recorded.get("size") != _checked_size(tensors_path):
+        return False
+    stat = tensors_path.stat()
+    stamp = _stamp(stat)
+    if all(recorded.get(key) == value for key, value in stamp.items()):
+        return True
+    if _cached_sha256(str(tensors_path.resolve()), **stamp) != recorded.get("sha256"):
+        return False
+    recorded.update(stamp)
+    _rewrite_header(header_path, header)
+    return True
+
+
+def _checked_size(tensors_path: Path) -> int:
+    """The tensor file's size, once its safetensors header length fits in it."""
     size = tensors_path.stat().st_size
     if size < 8:
         raise CheckpointError(f"{tensors_path}: too short for a safetensors file ({size} bytes)")
@@ -139,7 +167,7 @@ def tensor_file_binding(tensors_path: Path) -> dict:
             f"{tensors_path}: safetensors header of {length} bytes in a {size}-byte file "
             f"(at most {_MAX_SAFETENSORS_HEADER})"
         )
-    return {"size": size, "sha256": _sha256_file(tensors_path)}
+    return size
 
 
 def _sha256_file(path: Path) -> str:
@@ -198,7 +226,7 @@ def read_converted(tensors_path: Path, header_path: Path) -> tuple[dict[str, tor
     header = _read_header(header_path)
     if not tensors_path.is_file():
         raise CheckpointNotFoundError(f"{tensors_path}: tensor file of {header_path} not found")
-    if header.get("tensors") != tensor_file_binding(tensors_path):
+    if not _belongs(tensors_path, header, header_path):
         raise CheckpointError(
             f"{header_path} does not belong to {tensors_path} (the tensor file's size or SHA-256 "
             "differs from the one recorded at conversion); re-run python -m h3r_ros.model.convert"
