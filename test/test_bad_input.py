@@ -17,7 +17,7 @@ from lifecycle_msgs.msg import Transition
 from ros_helpers import image_msg, stamp_key, stamp_of, wait_until
 from sensor_msgs.msg import CameraInfo, CompressedImage
 from std_srvs.srv import Trigger
-from test_node_topics import CAMERA, FOCAL, Rig, by_stamp, camera_info, focal_after
+from test_node_topics import CAMERA, FOCAL, STEP_TIMEOUT, Rig, by_stamp, camera_info, focal_after
 
 from h3r_ros.engine.preprocess import crop_geometry
 from h3r_ros.msg import Human
@@ -282,6 +282,66 @@ def test_a_camera_info_that_cannot_rectify_drops_its_frames_and_the_node_goes_on
     assert "Traceback" not in err  # bad input, not a failure of the node (the warning is rate-limited)
     assert frame_published_after(rig, camera_info(), True)
     assert rig.diagnostics()["rectification"] == "not needed (no distortion)"
+
+
+NON_FINITE = "frames with non-finite outputs dropped (total)"
+
+
+def _poison_camera(result):
+    result.cam_to_world[0, 3] = math.nan
+
+
+def _poison_points(result):
+    for selection in result.selections.values():
+        selection.points[0, 2] = math.inf
+
+
+def _poison_people(result):
+    result.people[0].betas[3] = math.nan
+
+
+@pytest.mark.parametrize("stage, poison, new_world", [
+    ("camera pose", _poison_camera, True),
+    ("points", _poison_points, False),
+    ("people", _poison_people, False),
+])
+def test_a_frame_with_non_finite_outputs_publishes_nothing_and_the_next_goes_out(rig, stage, poison, new_world):
+    """A NaN or Inf (a bf16 overflow) never reaches /tf, a planner or RViz; a world whose camera
+    pose went non-finite starts again."""
+    engine = rig.node._loaded.engine
+    original = engine.step
+
+    def step(rgb, stamp):
+        result = original(rgb, stamp)
+        poison(result)
+        return result
+
+    before = rig.counter(NON_FINITE)
+    bad = rig.next_stamp()
+    engine.step = step
+    try:
+        rig.send(image_msg(rig.assets.frames[0], bad, CAMERA), wait=False)
+        assert wait_until(lambda: rig.counter(NON_FINITE) == before + 1, STEP_TIMEOUT)
+    finally:
+        del engine.step
+    values = rig.diagnostics()
+    assert values["last non-finite output"] == stage
+    humans = rig.send_frame(1)  # the next frame goes out as usual
+    assert_people_seen(humans)
+    assert humans.reset is new_world
+    for name in ("humans", "tf", "cloud", "path", "markers"):
+        assert not [m for m in rig.out[name].messages if _stamps(m) & {stamp_key(bad)}], name
+    tf_now = [m for m in rig.out["tf"].messages if _stamps(m) & {stamp_key(humans.header.stamp)}]
+    assert tf_now and all(np.isfinite([t.transform.translation.x, t.transform.rotation.w]).all()
+                          for m in tf_now for t in m.transforms)
+
+
+def _stamps(msg) -> set[int]:
+    if hasattr(msg, "transforms"):
+        return {stamp_key(t.header.stamp) for t in msg.transforms}
+    if hasattr(msg, "markers"):
+        return {stamp_key(m.header.stamp) for m in msg.markers}
+    return {stamp_key(msg.header.stamp)}
 
 
 # --- compressed input --------------------------------------------------------------------

@@ -198,6 +198,10 @@ class Human3REngine:
         self._origin: torch.Tensor | None = None  # inverse of the world's first camera pose
         self._tracker.reset()
 
+    def state_is_finite(self) -> bool:
+        """Whether the recurrent state carries no NaN or Inf (once it does, every later frame would)."""
+        return bool(torch.isfinite(self._state).all() and torch.isfinite(self._mem).all())
+
     def warm_up(self, width: int, height: int, frames: int = 2) -> float:
         """Run ``frames`` grey frames of this size, then start a fresh world, as if nothing
         had run: compiles the compiled stages for this size and creates the kernels'

@@ -96,3 +96,18 @@ class FrameResult:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     # Cloud points chosen on the device, by EngineConfig.point_selections name.
     selections: dict[str, SelectedPoints] = field(default_factory=dict)
+
+    def nonfinite(self) -> str:
+        """The first output that holds a NaN or Inf (e.g. a bf16 overflow): 'camera pose',
+        'points' or 'people'; '' when every output is finite."""
+        if not (np.isfinite(self.cam_to_world).all() and np.isfinite(self.K).all()):
+            return "camera pose"
+        dense = [self.points_cam, self.points_world, *(s.points for s in self.selections.values())]
+        if not all(np.isfinite(a).all() for a in dense if a is not None):
+            return "points"
+        for person in self.people:
+            arrays = (person.head_world, person.full_pose_world, person.betas, person.expression, person.joints_world,
+                      person.transl_world, person.pelvis_rotation_world, person.vertices_world)
+            if not all(np.isfinite(a).all() for a in arrays if a is not None):
+                return "people"
+        return ""

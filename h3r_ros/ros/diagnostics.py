@@ -22,7 +22,8 @@ OUT_OF_ORDER = "out_of_order"  # frames stamped slightly before the previous one
 BAD_INFO = "bad_camera_info"  # camera_info messages that failed their checks
 ERRORS = "errors"  # exceptions while processing a frame
 NO_TRANSFORM = "no_output_transform"  # images whose people tf2 could not place in output_frame
-COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS, NO_TRANSFORM)
+NON_FINITE = "non_finite"  # frames whose outputs held NaN or Inf: nothing of them was published
+COUNTERS = (RECEIVED, PROCESSED, DROPPED, STALE, BAD, OUT_OF_ORDER, BAD_INFO, ERRORS, NO_TRANSFORM, NON_FINITE)
 NO_INPUT_WARNING = 3.0  # s without any image before an active node reports a warning
 
 
@@ -39,6 +40,7 @@ class Window:
     people: int | None  # people in the last processed frame
     since_input: float | None  # s since the last image arrived; None: none yet
     last_error: str = ""
+    last_non_finite: str = ""  # which output of the last non-finite frame held NaN or Inf
 
 
 class NodeStats:
@@ -56,6 +58,7 @@ class NodeStats:
             self._people: int | None = None
             self._last_input: float | None = None
             self._last_error = ""
+            self._last_non_finite = ""
 
     def _start_window(self, now: float) -> None:
         self._window_start = now
@@ -75,6 +78,13 @@ class NodeStats:
             self._counts[ERRORS] += 1
             self._totals[ERRORS] += 1
             self._last_error = text
+
+    def non_finite(self, stage: str) -> None:
+        """A frame dropped because its ``stage`` output ('camera pose', 'points', 'people') was not finite."""
+        with self._lock:
+            self._counts[NON_FINITE] += 1
+            self._totals[NON_FINITE] += 1
+            self._last_non_finite = stage
 
     def processed(self, age: float, stage_times: dict[str, float], people: int) -> None:
         """One published frame: its stamp age at publication and the engine's stage times."""
@@ -101,6 +111,7 @@ class NodeStats:
                 people=self._people,
                 since_input=None if self._last_input is None else now - self._last_input,
                 last_error=self._last_error,
+                last_non_finite=self._last_non_finite,
             )
             self._start_window(now)
         return window
@@ -128,6 +139,9 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         level, message = DiagnosticStatus.WARN, "no images received yet"
     elif window.since_input > NO_INPUT_WARNING:
         level, message = DiagnosticStatus.WARN, f"no images received for {window.since_input:.0f} s"
+    elif c[NON_FINITE]:
+        level = DiagnosticStatus.WARN
+        message = f"{c[NON_FINITE]} frame(s) with non-finite {window.last_non_finite} dropped"
     elif c[BAD]:
         level, message = DiagnosticStatus.WARN, f"{c[BAD]} invalid image message(s) dropped"
     else:
@@ -146,6 +160,8 @@ def diagnostics_msg(stamp, name: str, hardware_id: str, window: Window, state: d
         "camera_info messages ignored (total)": str(window.totals[BAD_INFO]),
         "failed frames (total)": str(window.totals[ERRORS]),
         "images without the output_frame transform (total)": str(window.totals[NO_TRANSFORM]),
+        "frames with non-finite outputs dropped (total)": str(window.totals[NON_FINITE]),
+        "last non-finite output": window.last_non_finite or "none",
         "processed frames (total)": str(window.totals[PROCESSED]),
         "stamp age at publication, last (ms)": _ms(window.last_age),
         "stamp age at publication, max (ms)": _ms(window.max_age),

@@ -101,6 +101,10 @@ class FrameProcessor:
         result = engine.step(rgb, msg.header.stamp)
         if self._cancelled.is_set():
             return
+        nonfinite = result.nonfinite()
+        if nonfinite:
+            self._drop_non_finite(nonfinite, engine)
+            return
 
         start = time.perf_counter()
         ended = self._outputs.publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
@@ -113,6 +117,18 @@ class FrameProcessor:
         focal = math.nan if camera_matrix is None else float(camera_matrix[0, 0] * result.scale)
         self.focal = (float(result.K[0, 0]), focal)
         self._sizes = (f"{rgb.shape[1]} x {rgb.shape[0]}", f"{result.input_size[1]} x {result.input_size[0]}")
+
+    def _drop_non_finite(self, stage: str, engine) -> None:
+        """A NaN or Inf (a bf16 overflow, a bad weight) must not reach /tf or a planner: the
+        frame publishes nothing. A world whose camera pose or recurrent state went non-finite
+        cannot recover (every later pose builds on it): it starts again."""
+        self._stats.non_finite(stage)
+        restart = stage == "camera pose" or not engine.state_is_finite()
+        if restart:
+            self.reset()
+        self._node.get_logger().warning(
+            f"dropping a frame whose {stage} is not finite (NaN or Inf)"
+            + ("; the reconstruction starts a new world" if restart else ""), throttle_duration_sec=WARN_PERIOD)
 
     def _age(self, stamp) -> float:
         return (self._node.get_clock().now() - Time.from_msg(stamp)).nanoseconds * 1e-9
