@@ -14,6 +14,8 @@ outputs together. With ``compressed_input`` the node reads ``<image_topic>/compr
 (image_transport's naming) by itself.
 """
 
+import os
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -28,7 +30,8 @@ NODE_NAME = "human3r_node"  # must match the top-level key of the params file
 # The launch arguments that are not node parameters.
 ARGUMENTS = (
     ("namespace", "", "Namespace of the node (and of RViz, so its relative topics match)."),
-    ("params_file", None, "Node parameter file (default: share/h3r_ros/config/human3r.yaml)."),
+    ("params_file", None, "Node parameter file (default: share/h3r_ros/config/human3r.yaml); a bare name such as "
+     "two_cameras.yaml is one of share/h3r_ros/config."),
     ("use_sim_time", "false", "Use /clock (set true when playing a bag with --clock)."),
     ("image_topic", "image", "Input sensor_msgs/Image topic (remapped to 'image'; relative names are in the namespace)."),
     ("camera_info_topic", "camera_info", "Input sensor_msgs/CameraInfo topic (remapped to 'camera_info')."),
@@ -50,9 +53,15 @@ def _as_bool(name: str, text: str) -> bool:
 
 
 def parameter_value(name: str, text: str, default):
-    """A parameter's launch argument as the parameter's type (bool, int, float or string)."""
+    """A parameter's launch argument as the parameter's type (bool, int, float, string, or a
+    list of names written [a,b])."""
     if isinstance(default, bool):
         return _as_bool(name, text)
+    if isinstance(default, tuple):
+        names = [item.strip() for item in text.strip().removeprefix("[").removesuffix("]").split(",")]
+        if not text.strip().startswith("[") or not text.strip().endswith("]") or "" in names and names != [""]:
+            raise ValueError(f"launch argument {name}:={text!r} is not a list of names such as [front,rear]")
+        return [n for n in names if n]
     for kind, what in ((int, "an integer"), (float, "a number")):
         if isinstance(default, kind):
             try:
@@ -71,6 +80,15 @@ def unknown_arguments(context, known) -> list[str]:
                   if name not in known and name not in LAUNCH_OPTIONS)
 
 
+def _params_file(name: str, context) -> str:
+    """A bare file name that is not a file here is one of the package's own configs
+    (``params_file:=two_cameras.yaml``)."""
+    if os.sep in name or os.path.exists(name):
+        return name
+    shipped = os.path.join(FindPackageShare(PACKAGE).perform(context), "config", name)
+    return shipped if os.path.isfile(shipped) else name
+
+
 def _launch_setup(context):
     """Build the nodes once the arguments are known, so unset ones leave the params file alone."""
     parameters = documented_defaults()
@@ -83,8 +101,9 @@ def _launch_setup(context):
     overrides = {"use_sim_time": _as_bool("use_sim_time", arg["use_sim_time"])}
     for name, (default, _) in parameters.items():
         text = LaunchConfiguration(name).perform(context)
-        if text:
-            overrides[name] = parameter_value(name, text, default)
+        value = parameter_value(name, text, default) if text else None
+        if value not in (None, []):  # an empty list is the default: a parameter has no empty-list type
+            overrides[name] = value
 
     image_topic = arg["image_topic"].rstrip("/") or "image"
     remappings = [("image", image_topic), ("camera_info", arg["camera_info_topic"])]
@@ -95,7 +114,7 @@ def _launch_setup(context):
             executable="human3r_node",
             name=NODE_NAME,
             namespace=arg["namespace"],
-            parameters=[arg["params_file"], overrides],
+            parameters=[_params_file(arg["params_file"], context), overrides],
             remappings=remappings,
             output="screen",
             emulate_tty=True,

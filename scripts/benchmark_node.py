@@ -201,7 +201,7 @@ def main() -> int:
             print("error: the node did not configure/activate", file=sys.stderr)
             return 1
         deadline = time.monotonic() + 30.0
-        outputs = node._outputs
+        outputs = node.cameras[0].outputs
         while any(p.get_subscription_count() == 0 for p in outputs._pubs.values()):
             if time.monotonic() > deadline:
                 print("error: the subscriber process did not match every output", file=sys.stderr)

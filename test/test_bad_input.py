@@ -192,17 +192,18 @@ def test_small_backwards_jitter_is_dropped_and_a_large_jump_resets_once(rig):
 
 def test_exceptions_escaping_callbacks_are_logged_and_the_node_keeps_spinning(rig, capfd):
     node = rig.node
-    original = node._check
+    camera = node.cameras[0]
+    original = camera.check
 
     def explode(*_):
         raise KeyError("injected failure in the image callback")
 
-    node._check = explode  # raises inside the subscription callback
+    camera.check = explode  # raises inside the subscription callback
     try:
         send_bad(rig, raw(rig))
         assert wait_until(lambda: "injected failure in the image callback" in node._last_error, 10.0)
     finally:
-        node._check = original
+        camera.check = original
     good_frame_follows(rig)
 
     def broken_sizes():
@@ -217,7 +218,7 @@ def test_exceptions_escaping_callbacks_are_logged_and_the_node_keeps_spinning(ri
 
     worker = node._worker
 
-    def broken_reset():
+    def broken_reset(camera=None):
         raise RuntimeError("injected failure in a service")
 
     worker.request_reset = broken_reset

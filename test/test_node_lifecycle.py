@@ -76,7 +76,7 @@ def test_configure_fails_cleanly_on_missing_or_bad_files(make_node, tmp_path, ca
         node = make_node(**(assets.parameters() | change))
         assert node.trigger_configure() == FAILURE, message
         assert node.lifecycle_state == "unconfigured"
-        assert node._loaded is None and node._outputs is None
+        assert node._loaded is None and node.cameras[0].outputs is None
         assert message in capfd.readouterr().err  # rcutils logs to stderr
 
 
@@ -256,7 +256,8 @@ def test_cleanup_after_a_frame_outlived_deactivate(make_node, ros, capfd, monkey
     assert "Traceback" not in err and "failed" not in err and node._last_error == ""
     # The node configures and runs again, with nothing left of the camera it saw before.
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
-    assert node._last_stamp is None and node._image_size is None and node._camera_info is None
+    known = node.cameras[0].input
+    assert known.last_stamp is None and known.image_size is None and known.camera_info is None
     _process_one_frame(ros)
 
 
@@ -277,7 +278,7 @@ def test_a_reset_while_a_cancelled_frame_runs_is_applied_before_the_next_frame(m
 def test_outputs_want_nothing_once_closed(make_node):
     node = make_node(**tiny_assets().parameters())
     assert node.trigger_configure() == SUCCESS
-    outputs, settings = node._outputs, node._settings
+    outputs, settings = node.cameras[0].outputs, node._settings
     assert node.trigger_cleanup() == SUCCESS  # closes the outputs
     wanted = outputs.wanted(settings)  # a frame that outlived the cleanup asks this
     assert not any(vars(wanted).values())
@@ -288,7 +289,7 @@ def test_map_is_built_only_for_subscribers_and_a_late_joiner_gets_the_latest(mak
 
     node = make_node(**tiny_assets().parameters())
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
-    voxel_map = node._outputs._map
+    voxel_map = node.cameras[0].outputs._map
     merges = []
     merge = voxel_map.merge
     voxel_map.merge = lambda: merges.append(time.monotonic()) or merge()
@@ -304,7 +305,7 @@ def test_map_is_built_only_for_subscribers_and_a_late_joiner_gets_the_latest(mak
     for k in range(3):
         frame(k)
     # Humans go out before the map's turn: wait until the frames are wholly published.
-    assert wait_until(lambda: node._stats.take_window().totals["processed"] == 3, 30.0)
+    assert wait_until(lambda: node.cameras[0].stats.take_window().totals["processed"] == 3, 30.0)
     assert voxel_map.size > 0 and merges == []  # accumulated, never merged nor sent
     joined = ros.collect(PointCloud2, "map_cloud", LATCHED_QOS)
     assert wait_until(joined.matched, 30.0)
@@ -557,7 +558,7 @@ def test_diagnostics_exist_from_start_and_report_why_configure_failed(make_node,
 
     monkeypatch.setattr(node_module, "load_engine", exploding_loader)
     assert node.trigger_configure() == FAILURE
-    assert node.lifecycle_state == "unconfigured" and node._loaded is None and node._outputs is None
+    assert node.lifecycle_state == "unconfigured" and node._loaded is None and node.cameras[0].outputs is None
     err = capfd.readouterr().err
     assert "configure failed: MemoryError: injected: out of memory while loading" in err
     assert "Traceback (most recent call last)" in err and "exploding_loader" in err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, settings_for, stamp_of, tiny_assets
+from ros_helpers import decode_cloud, image_msg, matrix_from_quaternion, rigid, settings_for, stamp_of, tiny_assets, wait_until
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointField
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
@@ -413,13 +413,14 @@ def test_voxel_map_keeps_newest_point_per_voxel_and_is_bounded():
 def test_worker_keeps_only_the_newest_frame_and_applies_resets_in_order():
     events, started, release = [], threading.Event(), threading.Event()
 
-    def process(item):
+    def process_round(items):
+        (item,) = items.values()
         if item == 0:
             started.set()
             release.wait(5.0)  # the first frame is "slow"
         events.append(item)
 
-    worker = InferenceWorker(process, lambda: events.append("reset"), lambda e: events.append(e))
+    worker = InferenceWorker(process_round, lambda key: events.append(("reset", key)), lambda e: events.append(e))
     worker.start()
     try:
         assert not worker.submit(0)
@@ -428,19 +429,43 @@ def test_worker_keeps_only_the_newest_frame_and_applies_resets_in_order():
         assert drops == [False, True, True]  # 1 and 2 were replaced while waiting
         worker.request_reset()
         release.set()
-        deadline = time.monotonic() + 5.0
-        while len(events) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert events == [0, "reset", 3]
+        assert wait_until(lambda: len(events) >= 3, 5.0)
+        assert events == [0, ("reset", None), 3]
     finally:
         worker.stop()
 
 
-def test_worker_survives_a_failing_frame():
+def test_worker_serves_every_waiting_camera_in_each_round():
+    """A camera publishing ten times as fast never starves the other: each round takes the
+    newest frame of every camera that has one."""
+    rounds, started, release = [], threading.Event(), threading.Event()
+
+    def process_round(items):
+        rounds.append(dict(items))
+        started.set()
+        release.wait(5.0)
+
+    worker = InferenceWorker(process_round, lambda key: rounds.append(("reset", key)), lambda e: None)
+    worker.start()
+    try:
+        worker.submit(0, "front")
+        assert started.wait(5.0)  # round 1 is busy with front's first frame
+        drops = [worker.submit(i, "front") for i in range(1, 11)]
+        assert worker.submit("r0", "rear") is False
+        worker.request_reset("rear")
+        assert drops == [False] + [True] * 9
+        release.set()
+        assert wait_until(lambda: len(rounds) >= 3, 5.0)
+        assert rounds == [{"front": 0}, ("reset", "rear"), {"front": 10, "rear": "r0"}]
+    finally:
+        worker.stop()
+
+
+def test_worker_survives_a_failing_round():
     errors, failed, done = [], threading.Event(), threading.Event()
 
-    def process(item):
-        if item == "bad":
+    def process_round(items):
+        if "bad" in items.values():
             raise ValueError("boom")
         done.set()
 
@@ -448,7 +473,7 @@ def test_worker_survives_a_failing_frame():
         errors.append(error)
         failed.set()
 
-    worker = InferenceWorker(process, lambda: None, on_error)
+    worker = InferenceWorker(process_round, lambda key: None, on_error)
     worker.start()
     try:
         worker.submit("bad")
@@ -469,7 +494,8 @@ def test_params_file_lists_every_parameter_with_its_default():
     documented = parameters.documented_defaults()
     assert set(in_file) == set(documented)
     for name, (default, description) in documented.items():
-        assert in_file[name] == default and type(in_file[name]) is type(default), name
+        value = tuple(in_file[name]) if isinstance(default, tuple) else in_file[name]  # YAML has no tuples
+        assert value == default and type(value) is type(default), name
         assert description
 
 

@@ -296,10 +296,10 @@ def _expected_topics(settings) -> list[str]:
 
 
 def _wait_active(node, alive, timeout: float) -> None:
-    """Wait for the autostarted node to leave configure/activate; fail unless it is active.
+    """Wait for the autostarted node to become active; fail if it falls back to unconfigured.
 
-    node_main runs both transitions before it spins, so its get_state service answers
-    only once they are over (a failed configure leaves it unconfigured, not dead).
+    node_main answers while autostart configures and activates (``configuring``, then briefly
+    ``inactive`` and ``activating``); a failed configure leaves it unconfigured, not dead.
     """
     from lifecycle_msgs.srv import GetState
 
@@ -312,9 +312,11 @@ def _wait_active(node, alive, timeout: float) -> None:
             future = client.call_async(GetState.Request())
         if future is not None and future.done():
             label = future.result().current_state.label
-            if label != "active":
+            if label == "active":
+                return
+            if label in ("unconfigured", "finalized"):
                 raise NodeDied(f"the node is '{label}' after autostart (configure failed?)")
-            return
+            future = None  # still on its way: ask again
         time.sleep(0.1)
     raise NodeDied(f"the node did not become active within {timeout:.0f} s")
 

@@ -198,6 +198,11 @@ class Human3REngine:
         self._origin: torch.Tensor | None = None  # inverse of the world's first camera pose
         self._tracker.reset()
 
+    def sibling(self) -> Human3REngine:
+        """Another world over this engine's model and body model (another camera): its own
+        state, pose memory, pose chain, resets and tracker, no second copy of the weights."""
+        return Human3REngine(self.model, replace(self.config, compile=False), self.body_model)
+
     def state_is_finite(self) -> bool:
         """Whether the recurrent state carries no NaN or Inf (once it does, every later frame would)."""
         return bool(torch.isfinite(self._state).all() and torch.isfinite(self._mem).all())

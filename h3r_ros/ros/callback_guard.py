@@ -33,7 +33,7 @@ class RateLimit:
 
 def guarded(callback, report: Report, period: float):
     """``callback`` wrapped so that an exception goes to ``report`` instead of the executor."""
-    name = getattr(callback, "__name__", repr(callback))
+    name = getattr(getattr(callback, "func", callback), "__name__", repr(callback))  # a partial's function
     allow = RateLimit(period)  # per callback: rclpy's throttling is per call site
 
     @functools.wraps(callback)

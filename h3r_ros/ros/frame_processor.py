@@ -1,9 +1,11 @@
 """The inference thread's job: one image message -> decoded, rectified frame -> engine step ->
 outputs.
 
-A ``FrameProcessor`` runs on the InferenceWorker's thread only (a reset while no worker runs
-is the one call from the executor thread). It owns the engine and the ``Outputs`` for as long
-as the node is configured; the node reads only ``focal``, ``input_report`` and ``sizes`` from it.
+One ``FrameProcessor`` per camera runs on the InferenceWorker's thread only (a reset while no
+worker runs is the one call from the executor thread). It owns the camera's engine (its world,
+over the node's one model) and its ``Outputs`` for as long as the node is configured; the node
+reads only ``focal``, ``input_report`` and ``sizes`` from it. ``prepare`` and ``finish`` frame
+the engine step, so that a round can step several cameras' engines together.
 """
 
 from __future__ import annotations
@@ -11,27 +13,41 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 from rclpy.time import Time
 
 from h3r_ros.ros.diagnostics import STALE, NodeStats
-from h3r_ros.ros.engine_loader import LoadedEngine
 from h3r_ros.ros.image_decoding import ImageDecodeError, decode_compressed, decode_image
-from h3r_ros.ros.outputs import Outputs
+from h3r_ros.ros.outputs import Outputs, Wanted
 from h3r_ros.ros.rectification import RectificationError, Rectifier
 
 WARN_PERIOD = 5.0  # s between repeated warnings of one kind
 
 
+@dataclass
+class Prepared:
+    """One camera's frame, decoded and rectified, ready for its engine step."""
+
+    msg: object
+    settings: object  # parameters.Settings as this camera sees them
+    rgb: np.ndarray
+    camera_matrix: np.ndarray | None  # the rectified image's (or the camera_info's) K
+    rectify_seconds: float
+    wanted: Wanted
+
+
 class FrameProcessor:
-    def __init__(self, node, loaded: LoadedEngine, outputs: Outputs, stats: NodeStats, settings: Callable,
+    def __init__(self, node, engine, outputs: Outputs, stats: NodeStats, settings: Callable,
                  camera_info: Callable, on_bad: Callable[[Exception], None]) -> None:
-        """``settings()`` gives the current parameters.Settings, ``camera_info()`` the last
-        valid CameraInfo (or None); ``on_bad(error)`` counts an undecodable message."""
+        """One camera's frames through its ``engine`` (a Human3REngine: that camera's world) to
+        its ``outputs``. ``settings()`` gives the current parameters.Settings as the camera sees
+        them, ``camera_info()`` its last valid CameraInfo (or None); ``on_bad(error)`` counts an
+        undecodable message."""
         self._node = node
-        self._loaded = loaded
+        self.engine = engine
         self._outputs = outputs
         self._stats = stats
         self._settings = settings
@@ -61,13 +77,21 @@ class FrameProcessor:
         }
 
     def sizes(self) -> dict[str, int]:
-        return {**self._outputs.sizes(), "tracks in the bank": self._loaded.engine.tracks}
+        return {**self._outputs.sizes(), "tracks in the bank": self.engine.tracks}
 
     def reset(self) -> None:
-        self._loaded.engine.reset()
+        self.engine.reset()
         self._outputs.reset()
 
     def process(self, msg) -> None:
+        """One frame on its own: prepare, engine step, finish."""
+        prepared = self.prepare(msg)
+        if prepared is not None:
+            self.finish(prepared, self.engine.step(prepared.rgb, msg.header.stamp))
+
+    def prepare(self, msg) -> Prepared | None:
+        """Decode and rectify ``msg`` and set the engine's output flags for it; None when the
+        frame is skipped (stale) or dropped (bad input, counted)."""
         settings = self._settings()
         if settings.max_image_age > 0.0:
             age = self._age(msg.header.stamp)
@@ -77,45 +101,49 @@ class FrameProcessor:
                     f"skipping a frame {age:.2f} s old (max_image_age {settings.max_image_age} s)",
                     throttle_duration_sec=WARN_PERIOD,
                 )
-                return
+                return None
         try:
             rgb = self._decode(msg, settings.max_image_pixels)
         except ImageDecodeError as exc:
             self._on_bad(exc)
-            return
+            return None
         start = time.perf_counter()
         try:
             rgb, camera_matrix = self._rectifier.rectify(rgb, self._camera_info(), settings.rectify)
         except RectificationError as exc:  # bad input: the camera_info's calibration, not the node
             self._on_bad(ImageDecodeError(f"cannot rectify it with the last camera_info: {exc}"))
-            return
+            return None
         rectify_seconds = time.perf_counter() - start
         if self._rectifier.warning:
             self._node.get_logger().warning(f"rectification: {self._rectifier.warning}",
                                             throttle_duration_sec=WARN_PERIOD)
         wanted = self._outputs.wanted(settings)
-        engine = self._loaded.engine
         flags = wanted.engine_flags(settings)
-        if any(getattr(engine.config, name) != value for name, value in flags.items()):
-            engine.config = replace(engine.config, **flags)
-        result = engine.step(rgb, msg.header.stamp)
+        if any(getattr(self.engine.config, name) != value for name, value in flags.items()):
+            self.engine.config = replace(self.engine.config, **flags)
+        return Prepared(msg, settings, rgb, camera_matrix, rectify_seconds, wanted)
+
+    def finish(self, prepared: Prepared, result) -> None:
+        """Publish the engine's ``result`` for ``prepared`` (nothing once cancelled, nothing of
+        a frame with non-finite outputs)."""
         if self._cancelled.is_set():
             return
         nonfinite = result.nonfinite()
         if nonfinite:
-            self._drop_non_finite(nonfinite, engine)
+            self._drop_non_finite(nonfinite, self.engine)
             return
-
+        msg, rgb = prepared.msg, prepared.rgb
         start = time.perf_counter()
-        ended = self._outputs.publish(result, msg.header, settings, wanted, (rgb.shape[1], rgb.shape[0]))
+        ended = self._outputs.publish(result, msg.header, prepared.settings, prepared.wanted,
+                                      (rgb.shape[1], rgb.shape[0]))
         if ended:
-            engine.forget_tracks(ended)
-        timings = dict(result.timings, rectify=rectify_seconds, publish=time.perf_counter() - start)
+            self.engine.forget_tracks(ended)
+        timings = dict(result.timings, rectify=prepared.rectify_seconds, publish=time.perf_counter() - start)
         self._stats.processed(self._age(msg.header.stamp), timings, len(result.people))
         # The model's focal next to the camera's (both in model-input pixels): Human3R has no
         # intrinsics input, so a large mismatch explains scale and shape errors.
-        focal = math.nan if camera_matrix is None else float(camera_matrix[0, 0] * result.scale)
-        self.focal = (float(result.K[0, 0]), focal)
+        matrix = prepared.camera_matrix
+        self.focal = (float(result.K[0, 0]), math.nan if matrix is None else float(matrix[0, 0] * result.scale))
         self._sizes = (f"{rgb.shape[1]} x {rgb.shape[0]}", f"{result.input_size[1]} x {result.input_size[0]}")
 
     def _drop_non_finite(self, stage: str, engine) -> None:

@@ -1,36 +1,41 @@
-"""Latest-frame hand-off between the executor and one inference thread.
+"""Latest-frame hand-off between the executor and one inference thread, per camera.
 
-The executor thread only drops messages into a one-element slot; the inference thread
-takes the newest one when it is free. A message still waiting when a newer one arrives is
-dropped (and counted by the caller), so the wait before inference never exceeds one
-inference period whatever the camera rate. Reset requests travel through the same lock so
-they are applied, in order, on the thread that owns the engine.
+The executor thread only drops messages into one slot per camera (key); the inference thread
+serves rounds: each round takes the newest message of every camera that has one, so no
+camera waits behind another however fast that one publishes, and the wait before inference
+never exceeds one round whatever the camera rates. A message still waiting when a newer one
+of its camera arrives is dropped (and counted by the caller). Reset requests travel through
+the same lock, so they are applied, in order, on the thread that owns the engines, before the
+frames that were waiting with them.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
+
+ALL = None  # request_reset's key for every camera
 
 
 class InferenceWorker:
     def __init__(
         self,
-        process: Callable[[Any], None],
-        reset: Callable[[], None],
+        process_round: Callable[[dict[Hashable, Any]], None],
+        reset: Callable[[Hashable | None], None],
         on_error: Callable[[BaseException], None],
         name: str = "human3r_inference",
     ) -> None:
-        """``process(item)`` handles one frame, ``reset()`` clears state between frames;
-        both run on the worker thread. ``on_error`` receives their exceptions, after which
-        the worker carries on with the next frame."""
-        self._process = process
+        """``process_round(items)`` handles one round (camera key -> its newest item),
+        ``reset(key)`` clears one camera's state (every
+        camera's for ALL); both run on the worker thread. ``on_error`` receives what escapes
+        them, after which the worker carries on with the next round."""
+        self._process_round = process_round
         self._reset = reset
         self._on_error = on_error
         self._name = name
         self._cond = threading.Condition()
-        self._item: Any = None
-        self._reset_requested = False
+        self._items: dict[Hashable, Any] = {}
+        self._resets: list[Hashable | None] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -41,12 +46,12 @@ class InferenceWorker:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Discard any waiting frame and join the thread (after the frame in progress), waiting
-        at most ``timeout`` s; False if the frame was still running then (the daemon thread
+        """Discard the waiting frames and join the thread (after the round in progress), waiting
+        at most ``timeout`` s; False if the round was still running then (the daemon thread
         finishes it and exits on its own; ``wait`` joins it later)."""
         with self._cond:
             self._stopping = True
-            self._item = None
+            self._items.clear()
             self._cond.notify_all()
         return self.wait(timeout)
 
@@ -60,38 +65,39 @@ class InferenceWorker:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, item: Any) -> bool:
-        """Offer a frame; returns True if it replaced one that was still waiting (a drop)."""
+    def submit(self, item: Any, key: Hashable = "") -> bool:
+        """Offer camera ``key``'s newest frame; True if it replaced one still waiting (a drop)."""
         with self._cond:
-            dropped = self._item is not None
-            self._item = item
+            dropped = self._items.pop(key, None) is not None
+            self._items[key] = item
             self._cond.notify()
         return dropped
 
     def discard(self) -> bool:
-        """Forget the waiting frame, if any; returns True if there was one."""
+        """Forget the waiting frames, if any; True if there was one."""
         with self._cond:
-            dropped, self._item = self._item is not None, None
+            dropped = bool(self._items)
+            self._items.clear()
         return dropped
 
-    def request_reset(self) -> None:
-        """Run ``reset()`` before the next frame (a waiting frame stays and comes after it)."""
+    def request_reset(self, key: Hashable | None = ALL) -> None:
+        """Run ``reset(key)`` before the next round (waiting frames stay and come after it)."""
         with self._cond:
-            self._reset_requested = True
+            self._resets.append(key)
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._reset_requested or self._item is not None)
+                self._cond.wait_for(lambda: self._stopping or self._resets or self._items)
                 if self._stopping:
                     return
-                reset, self._reset_requested = self._reset_requested, False
-                item, self._item = (None, self._item) if reset else (self._item, None)
+                resets, self._resets = self._resets, []
+                items, self._items = self._items, {}
             try:
-                if reset:
-                    self._reset()
-                else:
-                    self._process(item)
-            except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
+                for key in resets:
+                    self._reset(key)
+                if items:
+                    self._process_round(items)
+            except Exception as error:  # noqa: BLE001 - one bad round must not stop the node
                 self._on_error(error)

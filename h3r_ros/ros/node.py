@@ -39,9 +39,11 @@ from __future__ import annotations
 import gc
 import traceback
 from dataclasses import replace
+from functools import partial
 
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
+from std_msgs.msg import Header
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -51,12 +53,13 @@ from std_srvs.srv import SetBool, Trigger
 from h3r_ros.engine.preprocess import crop_geometry
 from h3r_ros.ros import hri_bodies, parameters
 from h3r_ros.ros.callback_guard import RateLimit, guarded
+from h3r_ros.ros.camera import Camera, process_round
 from h3r_ros.ros.camera_info_check import camera_info_problem
-from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, NodeState, NodeStats, node_status
+from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, NodeState, node_status
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine, restore_cpu_threads
 from h3r_ros.ros.frame_processor import FrameProcessor
-from h3r_ros.ros.image_decoding import ImageDecodeError, check_compressed, check_image
-from h3r_ros.ros.inference_worker import InferenceWorker
+from h3r_ros.ros.image_decoding import ImageDecodeError
+from h3r_ros.ros.inference_worker import ALL, InferenceWorker
 from h3r_ros.ros.output_frame import OutputFrameUnavailable
 from h3r_ros.ros.outputs import Outputs
 from h3r_ros.ros.tf_tree import TfTree
@@ -89,22 +92,19 @@ class Human3RNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._check_parameter_change)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._settings = parameters.read(self)
+        parameters.declare_cameras(self, self._settings)
+        self._cameras = [Camera(c) for c in parameters.read_cameras(self, self._settings)]
         self._enabled = True
-        self._stats = NodeStats()
         self._frame_errors = RateLimit(WARN_PERIOD)
         self._loaded: LoadedEngine | None = None
-        self._outputs: Outputs | None = None
         self._tree: TfTree | None = None
-        self._processor: FrameProcessor | None = None
         self._service_handles: list = []
         self._inputs: list = []
         self._worker: InferenceWorker | None = None
         self._straggler: InferenceWorker | None = None  # stopped, its frame still running
-        # A reset asked for while a cancelled frame still writes to the engine: applied before
-        # the next frame instead, so that frame's writes cannot undo it.
-        self._reset_pending = False
-        self._check = check_image
-        self._forget_camera()
+        # Resets asked for while a cancelled frame still writes to the engines: applied before
+        # the next round instead, so that frame's writes cannot undo them.
+        self._resets_pending: list = []
         # Diagnostics also report an unconfigured or inactive node: not lifecycle-managed.
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = None
@@ -127,12 +127,10 @@ class Human3RNode(LifecycleNode):
         if log:
             self.get_logger().error(f"{text}\n{trace.rstrip()}" if trace else text)
 
-    def _forget_camera(self) -> None:
-        """Per-world input state: what the last image and camera_info said."""
-        self._last_stamp: int | None = None  # ns of the newest accepted image
-        self._image_size: tuple[int, int] | None = None  # (width, height) of the newest accepted image
-        self._image_frame = ""
-        self._camera_info: CameraInfo | None = None
+    @property
+    def cameras(self) -> list[Camera]:
+        """The cameras the node serves (one, named '', without the ``cameras`` parameter)."""
+        return list(self._cameras)
 
     def _start_diagnostics(self, period: float) -> None:
         if self._diagnostics_timer is not None:
@@ -190,8 +188,16 @@ class Human3RNode(LifecycleNode):
         settings = parameters.read(self)
         problems = [f"{name} (start-up value rejected: {reason})" for name, reason in self._parameter_errors.items()]
         problems += parameters.check_settings(settings)
+        parameters.declare_cameras(self, settings)
+        cameras = parameters.read_cameras(self, settings)
+        problems += parameters.camera_problems(cameras, settings.world_frame)
         if problems:
             self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
+            return TransitionCallbackReturn.FAILURE
+        if settings.publish_hri_bodies and len(cameras) > 1:
+            self._report_error(
+                "configure failed: publish_hri_bodies serves one camera (its body ids are per camera); "
+                "with several cameras set it to false")
             return TransitionCallbackReturn.FAILURE
         if settings.publish_hri_bodies and hri_bodies.IdsList is None:
             self._report_error(
@@ -215,19 +221,28 @@ class Human3RNode(LifecycleNode):
         if self._loaded.warning:
             self.get_logger().warning(self._loaded.warning)
 
+        self._cameras = [Camera(c) for c in cameras]
         try:
-            self._outputs = Outputs(self, settings, self._loaded.faces, self._stats, self._tree)
+            for camera in self._cameras:
+                self._attach(camera, settings)
         except OutputFrameUnavailable as exc:
             self._report_error(f"configure failed: {exc}")
             self._release()
             return TransitionCallbackReturn.FAILURE
-        self._processor = FrameProcessor(self, self._loaded, self._outputs, self._stats, lambda: self._settings,
-                                         lambda: self._camera_info, self._bad_message)
-        self._check = check_compressed if settings.compressed_input else check_image
+        if len(self._cameras) > 1:
+            names = ", ".join(c.name for c in self._cameras)
+            self.get_logger().info(f"serving {len(self._cameras)} cameras ({names}) with one model, each in "
+                                   f"its own world ({settings.world_frame}_<name>)")
+            if not settings.output_frame:
+                self.get_logger().warning(
+                    "several cameras without output_frame: their people are in worlds of their own, with no "
+                    "frame in common to fuse them in, so the top-level 'humans' is not published (each "
+                    "camera's is, under <name>/humans); set output_frame (e.g. odom) to fuse them")
         self._service_handles = [
             self.create_service(Trigger, "~/reset", self._on_reset),
             self.create_service(SetBool, "~/enable", self._on_enable),
-        ]
+        ] + [self.create_service(Trigger, f"~/{c.name}/reset", partial(self._on_reset, name=c.name))
+             for c in self._cameras if c.name]
         self._start_diagnostics(settings.diagnostics_period)
         self._lifecycle_state = "inactive"
         self._last_error = ""
@@ -243,35 +258,48 @@ class Human3RNode(LifecycleNode):
         enabled = super().on_activate(state)  # enables the lifecycle publishers
         if enabled != TransitionCallbackReturn.SUCCESS:
             return enabled
-        self._stats.restart()
-        self._last_stamp = None
-        self._processor.resume()
-        self._worker = InferenceWorker(self._processor.process, self._processor.reset, self._on_frame_error)
-        if self._reset_pending:
-            self._worker.request_reset()
-            self._reset_pending = False
+        for camera in self._cameras:
+            camera.stats.restart()
+            camera.input.last_stamp = None
+            camera.processor.resume()
+        self._worker = InferenceWorker(self._process_round, self._reset_camera, self._on_round_error)
+        for key in self._resets_pending:
+            self._worker.request_reset(key)
+        self._resets_pending = []
         self._worker.start()
         qos = input_qos(settings.image_qos)
-        if settings.compressed_input:
-            image_sub = self.create_subscription(CompressedImage, self._compressed_topic(), self._on_image, qos)
-        else:
-            image_sub = self.create_subscription(Image, "image", self._on_image, qos)
-        self._inputs = [
-            image_sub,
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos),
-        ]
+        self._inputs = []
+        for camera in self._cameras:
+            topic = camera.settings.image_topic
+            if camera.settings.compressed_input:
+                image_sub = self.create_subscription(CompressedImage, self._compressed_topic(topic),
+                                                     partial(self._on_image, camera), qos)
+            else:
+                image_sub = self.create_subscription(Image, topic, partial(self._on_image, camera), qos)
+            self._inputs += [image_sub, self.create_subscription(
+                CameraInfo, camera.settings.camera_info_topic, partial(self._on_camera_info, camera), qos)]
+            self.get_logger().info(f"active: reading {image_sub.topic_name}")
         self._lifecycle_state = "active"
-        self.get_logger().info(f"active: reading {image_sub.topic_name}")
         return TransitionCallbackReturn.SUCCESS
 
-    def _compressed_topic(self) -> str:
+    def _attach(self, camera: Camera, settings) -> None:
+        """The camera's world over the loaded model: the first camera gets the loaded engine,
+        the others engines of their own over the same weights."""
+        engine = self._loaded.engine if camera is self._cameras[0] else self._loaded.engine.sibling()
+        view = camera.view(settings)
+        camera.outputs = Outputs(self, view, self._loaded.faces, camera.stats, self._tree, camera.settings.prefix)
+        camera.processor = FrameProcessor(
+            self, engine, camera.outputs, camera.stats, lambda: camera.view(self._settings),
+            lambda: camera.input.camera_info, lambda error: self._bad_message(camera, error))
+
+    def _compressed_topic(self, topic: str) -> str:
         """image_transport's naming: the compressed stream of <image> is <image>/compressed, so it
-        follows a remap of 'image' however compressed_input was set; an explicit remap of
-        'image/compressed' still wins."""
-        explicit = self.resolve_topic_name("image/compressed")
-        if explicit != self.resolve_topic_name("image/compressed", only_expand=True):
+        follows a remap of the image topic however compressed_input was set; an explicit remap
+        of '<image>/compressed' still wins."""
+        explicit = self.resolve_topic_name(f"{topic}/compressed")
+        if explicit != self.resolve_topic_name(f"{topic}/compressed", only_expand=True):
             return explicit
-        return self.resolve_topic_name("image") + "/compressed"
+        return self.resolve_topic_name(topic) + "/compressed"
 
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing(STOP_TIMEOUT)
@@ -317,16 +345,18 @@ class Human3RNode(LifecycleNode):
         if worker.stop(timeout):
             self.get_logger().info("inference thread stopped")
             return
-        self._processor.cancel()
+        for camera in self._cameras:
+            if camera.processor is not None:
+                camera.processor.cancel()
         self._straggler = worker
         self.get_logger().warning(f"a frame was still being processed after {timeout:g} s: it is cancelled "
                                   "(publishes nothing) and keeps the model until it ends")
 
     def _release(self) -> None:
         """Outputs, services and the model go (the model stays with a frame still running)."""
-        if self._outputs is not None:
-            self._outputs.close()
-            self._outputs = None
+        if any(camera.outputs is not None for camera in self._cameras):
+            for camera in self._cameras:
+                camera.release()
             self.get_logger().info("outputs closed")
         if self._tree is not None:
             self._tree.close()
@@ -334,10 +364,10 @@ class Human3RNode(LifecycleNode):
         for service in self._service_handles:
             self.destroy_service(service)
         self._service_handles = []
-        self._processor = None
-        self._reset_pending = False  # the next configure starts a new world anyway
+        self._resets_pending = []  # the next configure starts new worlds anyway
         loaded, self._loaded = self._loaded, None
-        self._forget_camera()
+        for camera in self._cameras:
+            camera.forget()
         restore_cpu_threads()
         if loaded is None:
             return
@@ -374,37 +404,38 @@ class Human3RNode(LifecycleNode):
 
     # ------------------------------------------------------------------ executor thread
 
-    def _on_image(self, msg) -> None:
-        self._stats.count(RECEIVED)
+    def _on_image(self, camera: Camera, msg) -> None:
+        stats, known = camera.stats, camera.input
+        stats.count(RECEIVED)
         worker = self._worker  # None while a transition (from another thread) tears down
         if not self._enabled or worker is None:
             return
-        settings = self._settings
+        settings = camera.view(self._settings)
         try:
             stamp = _stamp_ns(msg.header.stamp)
-            width, height = self._check(msg, settings.max_image_pixels)
+            width, height = camera.check(msg, settings.max_image_pixels)
             crop_geometry(width, height, settings.input_size)
             self._check_frame_id(msg.header.frame_id, settings)
         except ValueError as exc:  # ImageDecodeError, or a frame the model cannot take
-            self._bad_message(exc)
+            self._bad_message(camera, exc)
             return
-        if self._last_stamp is not None and stamp < self._last_stamp:
-            jump = (self._last_stamp - stamp) * 1e-9
+        if known.last_stamp is not None and stamp < known.last_stamp:
+            jump = (known.last_stamp - stamp) * 1e-9
             if jump < settings.stamp_jump_threshold:
-                self._stats.count(OUT_OF_ORDER)
+                stats.count(OUT_OF_ORDER)
                 self.get_logger().warning(
-                    f"dropping an image stamped {jump:.3f} s before the previous one (out of order; "
+                    f"{_of(camera)}dropping an image stamped {jump:.3f} s before the previous one (out of order; "
                     f"stamp_jump_threshold {settings.stamp_jump_threshold} s)", throttle_duration_sec=WARN_PERIOD,
                 )
                 return
             self.get_logger().warning(
-                f"image stamp jumped back by {jump:.3f} s (bag loop or clock reset): resetting the reconstruction"
-            )
-            worker.request_reset()
-        self._last_stamp = stamp
-        self._image_size, self._image_frame = (width, height), msg.header.frame_id
-        if worker.submit(msg):
-            self._stats.count(DROPPED)
+                f"{_of(camera)}image stamp jumped back by {jump:.3f} s (bag loop or clock reset): resetting "
+                "the reconstruction")
+            worker.request_reset(camera.name)
+        known.last_stamp = stamp
+        known.image_size, known.image_frame = (width, height), msg.header.frame_id
+        if worker.submit(msg, camera.name):
+            stats.count(DROPPED)
 
     @staticmethod
     def _check_frame_id(frame_id: str, settings) -> None:
@@ -417,36 +448,56 @@ class Human3RNode(LifecycleNode):
         if frame_id == settings.world_frame:
             raise ImageDecodeError(f"header frame_id {frame_id!r} is the world frame")
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        problem = camera_info_problem(msg, self._settings.max_image_pixels, self._image_size, self._image_frame)
+    def _on_camera_info(self, camera: Camera, msg: CameraInfo) -> None:
+        known = camera.input
+        problem = camera_info_problem(msg, self._settings.max_image_pixels, known.image_size, known.image_frame)
         if not problem:
-            self._camera_info = msg
+            known.camera_info = msg
             return
         # Dropped like any bad input: the last valid camera_info stays in use.
-        self._stats.count(BAD_INFO)
-        self.get_logger().warning(f"ignoring camera_info: {problem}", throttle_duration_sec=WARN_PERIOD)
+        camera.stats.count(BAD_INFO)
+        self.get_logger().warning(f"{_of(camera)}ignoring camera_info: {problem}", throttle_duration_sec=WARN_PERIOD)
 
-    def _bad_message(self, error: Exception) -> None:
-        self._stats.count(BAD)
-        self.get_logger().warning(f"dropping image message: {error}", throttle_duration_sec=WARN_PERIOD)
+    def _bad_message(self, camera: Camera, error: Exception) -> None:
+        camera.stats.count(BAD)
+        self.get_logger().warning(f"{_of(camera)}dropping image message: {error}", throttle_duration_sec=WARN_PERIOD)
 
-    def _on_frame_error(self, error: BaseException) -> None:
-        """A frame raised (on the inference thread): counted, shown as the last error, logged
-        with its traceback (rate-limited); the next frame goes on."""
-        text = f"frame failed: {type(error).__name__}: {error}"
-        self._stats.error(f"{type(error).__name__}: {error}")
+    # ------------------------------------------------------------------ inference thread
+
+    def _process_round(self, items: dict) -> None:
+        process_round(self._cameras, items, self._on_frame_error)
+
+    def _reset_camera(self, name) -> None:
+        """Reset one camera's world (every camera's for ALL)."""
+        for camera in self._cameras:
+            if name is ALL or camera.name == name:
+                camera.processor.reset()
+
+    def _on_frame_error(self, camera: Camera, error: BaseException) -> None:
+        """A camera's frame raised (on the inference thread): counted, shown as the last error,
+        logged with its traceback (rate-limited); the next frame goes on."""
+        text = f"{_of(camera)}frame failed: {type(error).__name__}: {error}"
+        camera.stats.error(f"{type(error).__name__}: {error}")
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         self._report_error(text, trace, log=self._frame_errors())
 
-    def _on_reset(self, request, response):
+    def _on_round_error(self, error: BaseException) -> None:
+        """What escaped a round or a reset: every camera's failure."""
+        for camera in self._cameras:
+            self._on_frame_error(camera, error)
+
+    # ------------------------------------------------------------------ services
+
+    def _on_reset(self, request, response, name=ALL):
         if self._worker is not None:
-            self._worker.request_reset()  # applied on the inference thread, before the next frame
+            self._worker.request_reset(name)  # applied on the inference thread, before the next frame
         elif self._straggler is not None and self._straggler.running:
-            self._reset_pending = True  # applied when the node is activated again
+            self._resets_pending.append(name)  # applied when the node is activated again
         else:
-            self._processor.reset()
+            self._reset_camera(name)
         response.success = True
-        response.message = "reconstruction, tracks, trajectory and map reset"
+        what = "reconstruction, tracks, trajectory and map reset"
+        response.message = what if name is ALL else f"camera {name}: {what}"
         return response
 
     def _on_enable(self, request, response):
@@ -458,32 +509,43 @@ class Human3RNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
-    def bounded_sizes(self) -> dict[str, int]:
-        """Sizes of every structure that grows with the run, each with a bound."""
-        processor = self._processor
-        if processor is None:
-            return {"map points": 0, "camera path poses": 0, "markers shown": 0, "tracks in the bank": 0}
-        return processor.sizes()
+    # ------------------------------------------------------------------ diagnostics
 
-    def _state(self) -> NodeState:
-        loaded, processor = self._loaded, self._processor
-        state = NodeState(self._lifecycle_state, self._enabled, self._last_error, self.bounded_sizes(),
-                          loading=self._loading)
+    def bounded_sizes(self) -> dict[str, int]:
+        """Sizes of every structure that grows with the run, each with a bound (all cameras')."""
+        sizes = {"map points": 0, "camera path poses": 0, "markers shown": 0, "tracks in the bank": 0}
+        for camera in self._cameras:
+            if camera.processor is not None:
+                for key, value in camera.processor.sizes().items():
+                    sizes[key] += value
+        return sizes
+
+    def _state(self, camera: Camera) -> NodeState:
+        loaded, processor = self._loaded, camera.processor
+        sizes = self.bounded_sizes() if len(self._cameras) == 1 or processor is None else processor.sizes()
+        state = NodeState(self._lifecycle_state, self._enabled, self._last_error, sizes, loading=self._loading)
         if loaded is None or processor is None:
             return state
         hardware_id, device_values = loaded.device_report()
         estimated, from_info = processor.focal
-        outputs = self._outputs
-        return replace(state, model=loaded.description, tf=outputs.tf_status if outputs is not None else "n/a",
+        return replace(state, model=loaded.description, tf=camera.outputs.tf_status,
                        precision=f"{loaded.precision.dtype} ({loaded.precision.reason})",
                        hardware_id=hardware_id, device_values=device_values,
                        focal_estimated=estimated, focal_camera_info=from_info,
                        input_values=processor.input_report())
 
     def _publish_diagnostics(self) -> None:
-        self._diagnostics_pub.publish(node_status(
-            self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: inference",
-            self._state(), self._stats.take_window()))
+        """One status per camera (``<node>: inference`` for a node without ``cameras``)."""
+        stamp = self.get_clock().now().to_msg()
+        name = self.get_fully_qualified_name()
+        statuses = [node_status(stamp, f"{name}: camera {c.name}" if c.name else f"{name}: inference",
+                                self._state(c), c.stats.take_window()).status[0] for c in self._cameras]
+        self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=statuses))
+
+
+def _of(camera: Camera) -> str:
+    """A log line's camera, for a node with several."""
+    return f"camera {camera.name}: " if camera.name else ""
 
 
 def _stamp_ns(stamp) -> int:

@@ -83,6 +83,9 @@ def main(args: list[str] | None = None) -> int:
         if node.get_parameter("autostart").value and not stop.is_set():
             starter = Autostart(node, stop)
             starter.start()
+            # Serve no lifecycle request before configure has begun: 'unconfigured' then means it failed.
+            while node.lifecycle_state == "unconfigured" and starter.is_alive():
+                starter.join(0.001)
         # A node finalized through its lifecycle services has nothing left to do either.
         while not stop.is_set() and rclpy.ok() and node.lifecycle_state != "finalized":
             executor.spin_once(timeout_sec=SPIN_PERIOD)

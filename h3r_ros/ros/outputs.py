@@ -99,11 +99,12 @@ NOTHING_WANTED = Wanted(humans=False, cloud=False, markers=False, mesh=False, de
 
 
 class Outputs:
-    def __init__(self, node, settings, faces, stats, tree: TfTree | None) -> None:
-        """Publishers on ``node`` (a LifecycleNode) and fresh output state; ``faces``: SMPL-X
-        triangles for mesh markers (None without a body model); ``stats``: the NodeStats that
-        count images whose people could not be placed in output_frame; ``tree``: the robot's
-        TF tree (None without tf2_ros: then no camera or world transform is published)."""
+    def __init__(self, node, settings, faces, stats, tree: TfTree | None, prefix: str = "") -> None:
+        """Publishers on ``node`` (a LifecycleNode), their relative topics under ``prefix`` (a
+        camera's '<name>/'), and fresh output state; ``faces``: SMPL-X triangles for mesh
+        markers (None without a body model); ``stats``: the NodeStats that count images whose
+        people could not be placed in output_frame; ``tree``: the robot's TF tree (None
+        without tf2_ros: then no camera or world transform is published)."""
         self._node = node
         self._faces = faces
         self._stats = stats
@@ -119,7 +120,8 @@ class Outputs:
             "tf2_ros is not installed: no camera or world transform is published (install ros-<distro>-tf2-ros)")
         self._lock = threading.Lock()  # one publication at a time, and none after close
         self._closed = False
-        self._pubs = {name: node.create_lifecycle_publisher(*topic) for name, topic in _TOPICS.items()}
+        self._pubs = {name: node.create_lifecycle_publisher(kind, topic if topic.startswith("/") else prefix + topic, qos)
+                      for name, (kind, topic, qos) in _TOPICS.items()}
         if TFMessage is None:
             node.get_logger().warning("tf2_msgs is not installed: no /tf is published (tf_mode and body frames "
                                       "have no effect); install ros-<distro>-tf2-msgs for TF")

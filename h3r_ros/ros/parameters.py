@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                              ParameterUninitializedException)
+from rclpy.parameter import Parameter
 
 # Light imports only: the launch file reads this table (no torch, no OpenCV here).
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # engine.precision.DTYPE_CHOICES; a test keeps them equal
@@ -27,6 +29,7 @@ VARIANTS = ("", "672S", "672B", "672L", "896L")
 INPUT_SIZE_STEP = 16  # the model's patch size
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _BODY_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_CAMERA_NAME = _BODY_PREFIX
 
 
 _POS_INT_MAX = 2**31 - 1  # rclpy integers are int64; this bound is what a user can mean
@@ -43,6 +46,7 @@ class Spec:
     max_value: float | None = None
     step: int = 1  # integers: the value minus min_value is a multiple of this
     when: str = ""  # when the value is read, if neither per frame (live) nor on configure
+    array: bool = False  # a string array (a tuple here)
 
 
 def _param(default, description: str, **spec):
@@ -154,6 +158,14 @@ class Settings:
         5.0, "Seconds (image stamps) a track may stay unseen, reported as lost, before "
         "it ends: reported once as ended, its markers deleted, its id not matched "
         "again.", live=True, min_value=0.0)
+    cameras: tuple[str, ...] = _param(
+        (), "Names of the cameras this node serves with one model, e.g. [front, rear]; empty = one "
+        "camera on 'image' and 'camera_info'. Each named camera <name> has its own recurrent world, "
+        "inputs (parameters <name>.image_topic, default '<name>/image'; <name>.camera_info_topic, "
+        "default '<name>/camera_info'; <name>.compressed_input, default compressed_input; "
+        "<name>.camera_frame, default '' = the header's frame_id) and outputs under '<name>/', its "
+        "world frame being <world_frame>_<name>; with output_frame, the top-level 'humans' fuses "
+        "every camera's people.", array=True)
     compressed_input: bool = _param(
         False, "Subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg or png; "
         "image_transport's name, following any remap of 'image') instead of image "
@@ -255,6 +267,81 @@ def _descriptor(name: str, spec: Spec, default) -> ParameterDescriptor:
     return descriptor
 
 
+@dataclass(frozen=True)
+class CameraSettings:
+    """One camera's inputs and frames (parameters ``<name>.*``; ``name`` '' for the one camera
+    of a node without ``cameras``, on 'image' and 'camera_info')."""
+
+    name: str
+    image_topic: str
+    camera_info_topic: str
+    compressed_input: bool
+    camera_frame: str  # '' = the image header's frame_id
+
+    @property
+    def prefix(self) -> str:
+        """Of the camera's output topics and services."""
+        return f"{self.name}/" if self.name else ""
+
+    def world_frame(self, world_frame: str) -> str:
+        """A world of its own per camera: two worlds never share a name."""
+        return f"{world_frame}_{self.name}" if self.name else world_frame
+
+
+def _camera_defaults(name: str, settings: Settings) -> dict[str, object]:
+    return {"image_topic": f"{name}/image", "camera_info_topic": f"{name}/camera_info",
+            "compressed_input": settings.compressed_input, "camera_frame": ""}
+
+
+_CAMERA_DESCRIPTIONS = {
+    "image_topic": "This camera's sensor_msgs/Image topic (relative names are in the node's namespace).",
+    "camera_info_topic": "This camera's sensor_msgs/CameraInfo topic.",
+    "compressed_input": "Subscribe to <image_topic>/compressed instead (jpeg or png).",
+    "camera_frame": "This camera's optical frame; '' = the image header's frame_id.",
+}
+
+
+def declare_cameras(node, settings: Settings) -> None:
+    """Declare ``<name>.image_topic`` etc. for every camera in ``settings.cameras`` (once)."""
+    for name in settings.cameras:
+        for key, default in _camera_defaults(name, settings).items():
+            full = f"{name}.{key}"
+            if not node.has_parameter(full):
+                node.declare_parameter(full, default, ParameterDescriptor(
+                    name=full, description=f"{_CAMERA_DESCRIPTIONS[key]} Read when the node is configured."))
+
+
+def read_cameras(node, settings: Settings) -> list[CameraSettings]:
+    """Every camera of ``settings`` with its parameters (declared by ``declare_cameras``)."""
+    if not settings.cameras:
+        return [CameraSettings("", "image", "camera_info", settings.compressed_input, "")]
+    return [CameraSettings(name, **{key: node.get_parameter(f"{name}.{key}").value
+                                    for key in _camera_defaults(name, settings)})
+            for name in settings.cameras]
+
+
+def camera_problems(cameras: list[CameraSettings], world_frame: str) -> list[str]:
+    """What configure refuses in the cameras' parameters."""
+    problems = []
+    for camera in cameras:
+        if not camera.name:
+            continue
+        if camera.camera_frame:
+            reason = valid_frame_name(camera.camera_frame)
+            if reason:
+                problems.append(f"{camera.name}.camera_frame: {reason}")
+        for key in ("image_topic", "camera_info_topic"):
+            if not getattr(camera, key):
+                problems.append(f"{camera.name}.{key} must not be empty")
+    frames = [c.camera_frame for c in cameras if c.camera_frame]
+    if len(set(frames)) != len(frames):
+        problems.append(f"two cameras share a camera_frame ({', '.join(frames)})")
+    topics = [c.image_topic for c in cameras]
+    if len(set(topics)) != len(topics):
+        problems.append(f"two cameras share an image_topic ({', '.join(topics)})")
+    return problems
+
+
 def declare(node) -> dict[str, str]:
     """Declare every parameter on ``node`` with its default and descriptor.
 
@@ -267,11 +354,13 @@ def declare(node) -> dict[str, str]:
     for f in fields(Settings):
         default = getattr(DEFAULTS, f.name)
         descriptor = _descriptor(f.name, SPECS[f.name], default)
+        # An empty list has no parameter type of its own: the string arrays are declared by type.
+        value = Parameter.Type.STRING_ARRAY if default == () else default
         try:
-            node.declare_parameter(f.name, default, descriptor)
+            node.declare_parameter(f.name, value, descriptor)
         except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
             errors[f.name] = str(exc)
-            node.declare_parameter(f.name, default, descriptor, ignore_override=True)
+            node.declare_parameter(f.name, value, descriptor, ignore_override=True)
     return errors
 
 
@@ -280,8 +369,17 @@ def _value_or_none(node, name: str):
 
 
 def read(node) -> Settings:
-    """Current values of all parameters."""
-    return Settings(**{f.name: node.get_parameter(f.name).value for f in fields(Settings)})
+    """Current values of all parameters (string arrays as tuples, unset ones empty)."""
+    return Settings(**{f.name: _read_one(node, f.name) for f in fields(Settings)})
+
+
+def _read_one(node, name: str):
+    if not SPECS[name].array:
+        return node.get_parameter(name).value
+    try:
+        return tuple(node.get_parameter(name).value or ())
+    except ParameterUninitializedException:  # declared by type, never set (an empty list in YAML)
+        return ()
 
 
 def valid_frame_name(name: str) -> str:
@@ -323,6 +421,14 @@ def validate(name: str, value, current) -> str:
     if name in ("output_frame", "tf_mode") and current("output_frame") and current("tf_mode") not in ("none", None):
         return ("output_frame places the world in the robot's TF tree (output_frame -> world_frame) and "
                 "the camera's pose comes from that tree: set tf_mode to 'none'")
+    if name == "cameras" and value is not None:
+        names = list(value)
+        bad = [n for n in names if not isinstance(n, str) or not _CAMERA_NAME.fullmatch(n)]
+        if bad:
+            return (f"cameras must be names of letters, digits and '_' starting with a letter (they name "
+                    f"topics, parameters and frames), got {bad!r}")
+        if len(set(names)) != len(names):
+            return f"cameras must be distinct, got {names!r}"
     if name == "body_frame_prefix" and isinstance(value, str) and not _BODY_PREFIX.fullmatch(value):
         return (f"body_frame_prefix must start with a letter and hold only letters, digits and '_' "
                 f"(frames are named <prefix><track id>), got {value!r}")
