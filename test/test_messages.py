@@ -30,6 +30,7 @@ def make_humans_msg(n_people: int = 2, n_vertices: int = 0, seed: int = 0) -> Hu
     msg.header.stamp.sec = 1_700_000_000
     msg.header.stamp.nanosec = 123_456_789
     msg.header.frame_id = "world"
+    msg.camera_name = "front"
     msg.camera_frame_id = "camera_optical_frame"
     msg.camera_pose.position.x, msg.camera_pose.position.y, msg.camera_pose.position.z = rng.normal(size=3).tolist()
     msg.camera_pose.orientation.w = 1.0
@@ -37,6 +38,7 @@ def make_humans_msg(n_people: int = 2, n_vertices: int = 0, seed: int = 0) -> Hu
     for k in range(n_people):
         h = Human()
         h.track_id = 7 + k
+        h.source_cameras, h.source_track_ids = ["front", "rear"][: k + 1], [3 + k, 40 + k][: k + 1]
         h.score = float(rng.uniform(0.3, 1.0))
         h.pelvis.position = Point(x=1.0 + k, y=-0.5, z=0.9)
         h.pelvis.orientation.z, h.pelvis.orientation.w = 0.6, 0.8
@@ -55,12 +57,14 @@ def assert_humans_equal(a, b):
     """Field-by-field equality of two HumanArray-like objects (rclpy or rosbags)."""
     assert (a.header.stamp.sec, a.header.stamp.nanosec) == (b.header.stamp.sec, b.header.stamp.nanosec)
     assert a.header.frame_id == b.header.frame_id
-    assert a.camera_frame_id == b.camera_frame_id
+    assert (a.camera_name, a.camera_frame_id) == (b.camera_name, b.camera_frame_id)
     assert a.reset == b.reset
     assert a.camera_pose.position.x == b.camera_pose.position.x
     assert len(a.humans) == len(b.humans)
     for ha, hb in zip(a.humans, b.humans):
         assert ha.track_id == hb.track_id
+        assert list(ha.source_cameras) == list(hb.source_cameras)
+        assert list(ha.source_track_ids) == list(hb.source_track_ids)
         assert ha.score == pytest.approx(hb.score)
         assert ha.pelvis.orientation.z == pytest.approx(hb.pelvis.orientation.z)
         assert ha.head.z == hb.head.z

@@ -17,6 +17,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
+from h3r_ros.engine.fusion import FusedTrack
+from h3r_ros.engine.track_motion import ENDED, LOST, TRACKED, TrackInfo
 from h3r_ros.ros import conversions, parameters
 from h3r_ros.ros.camera_info_check import camera_info_problem
 from h3r_ros.ros.diagnostics import BAD, DROPPED, RECEIVED, NodeState, NodeStats, diagnostics_msg, node_status
@@ -248,6 +250,38 @@ def test_human_message_fills_every_field_with_ros_body_axes():
     assert len(msg.vertices) == 10475
     assert math.isclose(msg.vertices[5].y, float(person.vertices_world[5, 1]), rel_tol=1e-6)
     assert conversions.human_msg(person, with_vertices=False).vertices == []
+
+
+def test_a_cameras_humans_name_it_as_the_source_of_each_person_seen():
+    people = [fake_person(3), fake_person(8)]
+    result = SimpleNamespace(cam_to_world=np.eye(4), reset=False, people=people)
+    tracks = [TrackInfo(3, TRACKED, 0.0, 1.0, np.zeros(3), np.zeros(3), 0.1, people[0]),
+              TrackInfo(8, LOST, 0.0, 0.5, np.zeros(3), np.zeros(3), 0.1, people[1])]
+    humans = conversions.humans_msg(result, Header(frame_id="odom"), "cam", False, tracks, 1.0, camera_name="front")
+    assert humans.camera_name == "front"
+    assert [(list(h.source_cameras), list(h.source_track_ids)) for h in humans.humans] == [(["front"], [3]), ([], [])]
+    # A one-camera node: its camera has no name, every person it sees is a new track.
+    humans = conversions.humans_msg(result, Header(frame_id="world"), "cam", False)
+    assert humans.camera_name == ""
+    assert [(list(h.source_cameras), list(h.source_track_ids)) for h in humans.humans] == [([""], [3]), ([""], [8])]
+
+
+def test_fused_humans_carry_the_fused_id_the_best_view_and_the_sources():
+    best, hidden = fake_person(3), fake_person(8)
+    velocity = np.array([1.2, -0.3, 0.0])
+    seen = FusedTrack(TrackInfo(12, TRACKED, 1.0, 2.0, best.joints_world[0], velocity, 0.1, best),
+                      (("front", 3), ("rear", 9)))
+    ended = FusedTrack(TrackInfo(4, ENDED, 0.0, 0.5, hidden.joints_world[0], velocity, 0.1, hidden), ())
+    humans = conversions.fused_humans_msg(Header(frame_id="odom"), [seen, ended], False, now=2.5)
+    assert (humans.header.frame_id, humans.camera_name, humans.camera_frame_id, humans.reset) == ("odom", "", "", False)
+    assert math.isnan(humans.camera_pose.position.x)
+    first, last = humans.humans
+    assert (first.track_id, first.track_state, list(first.source_cameras), list(first.source_track_ids)) == (
+        12, TRACKED, ["front", "rear"], [3, 9])
+    assert (first.time_since_first_seen, first.time_since_last_seen) == (1.5, 0.5)
+    np.testing.assert_allclose([first.velocity.x, first.velocity.y, first.velocity.z], velocity)
+    np.testing.assert_allclose([first.head.x, first.head.y, first.head.z], best.head_world, atol=1e-6)
+    assert (last.track_id, last.track_state, list(last.source_cameras)) == (4, ENDED, [])
 
 
 @pytest.mark.parametrize("tf_mode", ["world_to_camera", "camera_to_world"])

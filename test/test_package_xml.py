@@ -10,8 +10,8 @@ import yaml
 from ros_tools import REPO, VENDOR_DIR, _missing
 
 # Import name -> rosdep key, where they differ (ROS packages are their own keys).
-SYSTEM_KEYS = {"PIL": "python3-pil", "cv2": "python3-opencv", "numpy": "python3-numpy", "yaml": "python3-yaml",
-               "torch": "python3-torch", "rosbags": "python3-rosbags-pip",
+SYSTEM_KEYS = {"PIL": "python3-pil", "cv2": "python3-opencv", "numpy": "python3-numpy", "scipy": "python3-scipy",
+               "yaml": "python3-yaml", "torch": "python3-torch", "rosbags": "python3-rosbags-pip",
                "huggingface_hub": "python3-huggingface-hub-pip", "httpx2": "python3-huggingface-hub-pip",
                "tf2_ros": "tf2_ros_py"}  # the Python tf2_ros is ROS 2's package tf2_ros_py
 PIP_ONLY = {"smplx", "roma", "safetensors"}  # no rosdep key: the README's pip line installs them
@@ -62,8 +62,8 @@ def test_system_keys_resolve_on_ubuntu_noble(key):
 
 # What the tests without the "ros" mark load (test/conftest.py): on the second distribution
 # they are skipped, which is only sound while both locks pin these alike.
-NUMERICAL_STACK = ("torch", "numpy", "smplx", "roma", "safetensors", "pillow", "omegaconf", "opencv-python-headless",
-                   "huggingface_hub", "pytest")
+NUMERICAL_STACK = ("torch", "numpy", "scipy", "smplx", "roma", "safetensors", "pillow", "omegaconf",
+                   "opencv-python-headless", "huggingface_hub", "pytest")
 
 
 def _pins(lock: str) -> dict[str, str]:

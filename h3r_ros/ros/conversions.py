@@ -136,14 +136,17 @@ _NAN_POSE = Pose(position=Point(x=math.nan, y=math.nan, z=math.nan),
                  orientation=Quaternion(x=math.nan, y=math.nan, z=math.nan, w=math.nan))
 
 
-def human_msg(person, with_vertices: bool, track=None, now: float = 0.0) -> Human:
+def human_msg(person, with_vertices: bool, track=None, now: float = 0.0, sources=()) -> Human:
     """One engine Person -> Human, every pose in the world frame. A person without a body
     (no body model) gets has_body false, no joints or vertices, and NaN pelvis and transl.
-    ``track`` (a TrackInfo) adds the track state, ages at ``now`` (s) and velocity (without
-    it: a new track)."""
+    ``track`` (a TrackInfo) adds its id, the track state, ages at ``now`` (s) and velocity
+    (without it: a new track with the person's id); ``sources``: (camera name, camera's
+    track id) of the cameras that see the person."""
     has_body = person.joints_world is not None
     msg = Human(
-        track_id=int(person.track_id),
+        track_id=int(person.track_id if track is None else track.track_id),
+        source_cameras=[camera for camera, _ in sources],
+        source_track_ids=[int(track_id) for _, track_id in sources],
         score=float(person.score),
         has_body=has_body,
         head=_point(np.asarray(person.head_world, dtype=np.float64)),
@@ -177,21 +180,36 @@ def human_msg(person, with_vertices: bool, track=None, now: float = 0.0) -> Huma
 
 
 def humans_msg(result, header: Header, camera_frame: str, with_vertices: bool, tracks=None,
-               now: float = 0.0) -> HumanArray:
-    """FrameResult -> HumanArray in ``header.frame_id`` (the world frame). ``tracks``: the
-    frame's TrackInfo list (seen, lost, then ended tracks; each payload is the track's latest
-    Person); without it, this frame's people as new tracks."""
+               now: float = 0.0, camera_name: str = "") -> HumanArray:
+    """FrameResult -> HumanArray in ``header.frame_id`` (the world frame), from the camera
+    ``camera_name`` ("" in a one-camera node), the source of every person it sees. ``tracks``:
+    the frame's TrackInfo list (seen, lost, then ended tracks; each payload is the track's
+    latest Person); without it, this frame's people as new tracks."""
     cam_to_world = np.asarray(result.cam_to_world, dtype=np.float64)
     if tracks is None:
-        humans = [human_msg(p, with_vertices) for p in result.people]
+        humans = [human_msg(p, with_vertices, sources=[(camera_name, p.track_id)]) for p in result.people]
     else:
-        humans = [human_msg(t.payload, with_vertices, t, now) for t in tracks]
+        humans = [human_msg(t.payload, with_vertices, t, now,
+                            [(camera_name, t.track_id)] if t.state in (NEW, TRACKED) else []) for t in tracks]
     return HumanArray(
         header=header,
+        camera_name=camera_name,
         camera_frame_id=camera_frame,
         camera_pose=pose_msg(cam_to_world[:3, :3], cam_to_world[:3, 3]),
         reset=bool(result.reset),
         humans=humans,
+    )
+
+
+def fused_humans_msg(header: Header, tracks, with_vertices: bool, now: float) -> HumanArray:
+    """Fused tracks (``Fusion.update``: current then ended FusedTracks) -> the HumanArray of a
+    round in ``header.frame_id`` (output_frame), one entry per person: the fused id, the best
+    view's person, the fused velocity and the sources. No camera of its own: its camera
+    fields are empty and NaN."""
+    return HumanArray(
+        header=header,
+        camera_pose=_NAN_POSE,
+        humans=[human_msg(t.info.payload, with_vertices, t.info, now, t.sources) for t in tracks],
     )
 
 
