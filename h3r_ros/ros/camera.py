@@ -48,7 +48,8 @@ class Camera:
             return settings
         return replace(settings, world_frame=self.settings.world_frame(settings.world_frame),
                        camera_frame=self.settings.camera_frame, compressed_input=self.settings.compressed_input,
-                       body_frame_prefix=f"{settings.body_frame_prefix}{self.name}_")
+                       body_frame_prefix=f"{settings.body_frame_prefix}{self.name}_",
+                       publish_hri_bodies=False)  # REP-155's topics are the node's: fused people only
 
     def forget(self) -> None:
         """Cleanup: nothing of the camera's last images stays."""

@@ -58,6 +58,7 @@ from h3r_ros.ros.camera_info_check import camera_info_problem
 from h3r_ros.ros.diagnostics import BAD, BAD_INFO, DROPPED, OUT_OF_ORDER, RECEIVED, NodeState, node_status
 from h3r_ros.ros.engine_loader import LoadedEngine, LoadError, load_engine, restore_cpu_threads
 from h3r_ros.ros.frame_processor import FrameProcessor
+from h3r_ros.ros.fused_outputs import FusedOutputs
 from h3r_ros.ros.image_decoding import ImageDecodeError
 from h3r_ros.ros.inference_worker import ALL, InferenceWorker
 from h3r_ros.ros.output_frame import OutputFrameUnavailable
@@ -98,6 +99,7 @@ class Human3RNode(LifecycleNode):
         self._frame_errors = RateLimit(WARN_PERIOD)
         self._loaded: LoadedEngine | None = None
         self._tree: TfTree | None = None
+        self._fused: FusedOutputs | None = None  # several cameras' people, joined in output_frame
         self._service_handles: list = []
         self._inputs: list = []
         self._worker: InferenceWorker | None = None
@@ -194,10 +196,10 @@ class Human3RNode(LifecycleNode):
         if problems:
             self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE
-        if settings.publish_hri_bodies and len(cameras) > 1:
+        if settings.publish_hri_bodies and settings.cameras and not settings.output_frame:
             self._report_error(
-                "configure failed: publish_hri_bodies serves one camera (its body ids are per camera); "
-                "with several cameras set it to false")
+                "configure failed: with several cameras, the REP-155 bodies are the fused people, which need "
+                "output_frame (a frame of the robot's tree, e.g. odom); set it, or publish_hri_bodies to false")
             return TransitionCallbackReturn.FAILURE
         if settings.publish_hri_bodies and hri_bodies.IdsList is None:
             self._report_error(
@@ -225,6 +227,8 @@ class Human3RNode(LifecycleNode):
         try:
             for camera in self._cameras:
                 self._attach(camera, settings)
+            if settings.cameras and settings.output_frame:
+                self._fused = FusedOutputs(self, settings)
         except OutputFrameUnavailable as exc:
             self._report_error(f"configure failed: {exc}")
             self._release()
@@ -286,8 +290,7 @@ class Human3RNode(LifecycleNode):
         """The camera's world over the loaded model: the first camera gets the loaded engine,
         the others engines of their own over the same weights."""
         engine = self._loaded.engine if camera is self._cameras[0] else self._loaded.engine.sibling()
-        view = camera.view(settings)
-        camera.outputs = Outputs(self, view, self._loaded.faces, camera.stats, self._tree, camera.settings.prefix)
+        camera.outputs = Outputs(self, camera.view(settings), self._loaded.faces, camera.stats, self._tree, camera.name)
         camera.processor = FrameProcessor(
             self, engine, camera.outputs, camera.stats, lambda: camera.view(self._settings),
             lambda: camera.input.camera_info, lambda error: self._bad_message(camera, error))
@@ -357,6 +360,9 @@ class Human3RNode(LifecycleNode):
         if any(camera.outputs is not None for camera in self._cameras):
             for camera in self._cameras:
                 camera.release()
+            if self._fused is not None:
+                self._fused.close()
+                self._fused = None
             self.get_logger().info("outputs closed")
         if self._tree is not None:
             self._tree.close()
@@ -465,7 +471,13 @@ class Human3RNode(LifecycleNode):
     # ------------------------------------------------------------------ inference thread
 
     def _process_round(self, items: dict) -> None:
-        process_round(self._cameras, items, self._on_frame_error)
+        published = process_round(self._cameras, items, self._on_frame_error)
+        fused = self._fused
+        if fused is not None:
+            views = [c.outputs.fusion_view for c in published if c.outputs is not None and c.outputs.fusion_view]
+            if views:
+                newest = max(views, key=lambda v: v[0].stamp)[1]
+                fused.publish([view for view, _ in views], newest, self._settings)
 
     def _reset_camera(self, name) -> None:
         """Reset one camera's world (every camera's for ALL)."""

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from h3r_ros.engine.fusion import CameraView
 from h3r_ros.engine.point_selection import PointSelection
 from h3r_ros.engine.track_motion import LOST, NEW, TRACKED, TrackInfo, TrackMotion
 from h3r_ros.msg import HumanArray
@@ -99,9 +100,9 @@ NOTHING_WANTED = Wanted(humans=False, cloud=False, markers=False, mesh=False, de
 
 
 class Outputs:
-    def __init__(self, node, settings, faces, stats, tree: TfTree | None, prefix: str = "") -> None:
-        """Publishers on ``node`` (a LifecycleNode), their relative topics under ``prefix`` (a
-        camera's '<name>/'), and fresh output state; ``faces``: SMPL-X triangles for mesh
+    def __init__(self, node, settings, faces, stats, tree: TfTree | None, camera: str = "") -> None:
+        """Publishers on ``node`` (a LifecycleNode), their relative topics under '<camera>/' for
+        a named ``camera``, and fresh output state; ``faces``: SMPL-X triangles for mesh
         markers (None without a body model); ``stats``: the NodeStats that count images whose
         people could not be placed in output_frame; ``tree``: the robot's TF tree (None
         without tf2_ros: then no camera or world transform is published)."""
@@ -120,8 +121,12 @@ class Outputs:
             "tf2_ros is not installed: no camera or world transform is published (install ros-<distro>-tf2-ros)")
         self._lock = threading.Lock()  # one publication at a time, and none after close
         self._closed = False
+        prefix = f"{camera}/" if camera else ""
+        self._camera = camera
         self._pubs = {name: node.create_lifecycle_publisher(kind, topic if topic.startswith("/") else prefix + topic, qos)
                       for name, (kind, topic, qos) in _TOPICS.items()}
+        # This frame's tracks as placed in output_frame, for the cross-camera fusion.
+        self.fusion_view: tuple[CameraView, object] | None = None  # (view, image stamp message)
         if TFMessage is None:
             node.get_logger().warning("tf2_msgs is not installed: no /tf is published (tf_mode and body frames "
                                       "have no effect); install ros-<distro>-tf2-msgs for TF")
@@ -208,6 +213,7 @@ class Outputs:
     def _publish(self, result, image_header: Header, settings, wanted: Wanted, source_wh) -> list[int]:
         out = self._pubs
         stamp = image_header.stamp
+        self.fusion_view = None
         self._note_frame()
         camera_frame = settings.camera_frame or image_header.frame_id
         if not camera_frame:
@@ -238,7 +244,10 @@ class Outputs:
             header = Header(stamp=stamp, frame_id=self._output_frame.frame if self._output_frame else world.frame_id)
             if wanted.humans:
                 out["humans"].publish(conversions.humans_msg(
-                    people, header, camera_frame, settings.publish_vertices, alive + ended, now))
+                    people, header, camera_frame, settings.publish_vertices, alive + ended, now, self._camera))
+            if self._output_frame is not None:
+                tracks = [(t.track_id, t.state, t.payload) for t in alive + ended]
+                self.fusion_view = (CameraView(self._camera, now, people.cam_to_world[:3, 3], tracks), stamp)
             if self._hri is not None:
                 self._hri.publish(header, [t for t in alive if t.state != LOST], ended)
         self._publish_points(result, world, settings, wanted)

@@ -278,11 +278,6 @@ class CameraSettings:
     compressed_input: bool
     camera_frame: str  # '' = the image header's frame_id
 
-    @property
-    def prefix(self) -> str:
-        """Of the camera's output topics and services."""
-        return f"{self.name}/" if self.name else ""
-
     def world_frame(self, world_frame: str) -> str:
         """A world of its own per camera: two worlds never share a name."""
         return f"{world_frame}_{self.name}" if self.name else world_frame
