@@ -1,9 +1,13 @@
 """The Human3R lifecycle node: lifecycle, input gating and services; the rest is wired in.
 
-Data flows one way: image message -> (newest-frame slot, ``InferenceWorker``) -> the
-``FrameProcessor`` on the inference thread (decode, engine step) -> ``Outputs`` (messages,
-each stamped with the source image's stamp). The executor thread only validates and hands
-over messages, serves services, and reports diagnostics, so it never waits for the model.
+The node serves one camera, or the N named in ``cameras``: each a ``Camera`` (camera.py) with
+its own inputs, world (engine state over the node's one model) and outputs. Data flows one
+way: image message -> (the camera's newest-frame slot, ``InferenceWorker``) -> a round on the
+inference thread (each waiting camera's ``FrameProcessor``: decode, rectify, engine step) ->
+each camera's ``Outputs`` (messages, each stamped with the source image's stamp) -> with
+several cameras and output_frame, ``FusedOutputs`` (their people joined). The executor thread
+only validates and hands over messages, serves services, and reports diagnostics, so it never
+waits for the model.
 
 Lifecycle: configure loads weights and SMPL-X and creates publishers and services; activate
 starts the inference thread and the subscriptions; deactivate stops both; cleanup releases
@@ -32,6 +36,9 @@ h3r_ros/ros/outputs.py.
        estimated_camera_info (source-image resolution), /diagnostics; with
        publish_hri_bodies the REP-155 body topics (h3r_ros/ros/hri_bodies.py)
   srv  ~/reset (std_srvs/Trigger), ~/enable (std_srvs/SetBool)
+With named cameras, each camera's inputs and outputs are under <name>/ (its world frame
+<world_frame>_<name>), ~/<name>/reset resets it alone, and the top-level humans and markers
+are the fused people (with output_frame; not published without it).
 """
 
 from __future__ import annotations
