@@ -15,9 +15,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
-                              ParameterUninitializedException)
-from rclpy.parameter import Parameter
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
 # Light imports only: the launch file reads this table (no torch, no OpenCV here).
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # engine.precision.DTYPE_CHOICES; a test keeps them equal
@@ -349,8 +347,11 @@ def declare(node) -> dict[str, str]:
     for f in fields(Settings):
         default = getattr(DEFAULTS, f.name)
         descriptor = _descriptor(f.name, SPECS[f.name], default)
-        # An empty list has no parameter type of its own: the string arrays are declared by type.
-        value = Parameter.Type.STRING_ARRAY if default == () else default
+        value = default
+        if SPECS[f.name].array:
+            # An empty list has no type of its own (rclpy takes it for a byte array): typed by
+            # the checks instead, so that a string array can replace it.
+            value, descriptor.dynamic_typing = list(default), True
         try:
             node.declare_parameter(f.name, value, descriptor)
         except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
@@ -364,17 +365,10 @@ def _value_or_none(node, name: str):
 
 
 def read(node) -> Settings:
-    """Current values of all parameters (string arrays as tuples, unset ones empty)."""
-    return Settings(**{f.name: _read_one(node, f.name) for f in fields(Settings)})
-
-
-def _read_one(node, name: str):
-    if not SPECS[name].array:
-        return node.get_parameter(name).value
-    try:
-        return tuple(node.get_parameter(name).value or ())
-    except ParameterUninitializedException:  # declared by type, never set (an empty list in YAML)
-        return ()
+    """Current values of all parameters (string arrays as tuples; an empty list in a params
+    file, which rcl passes on as no value, as an empty one)."""
+    values = {f.name: node.get_parameter(f.name).value for f in fields(Settings)}
+    return Settings(**{name: tuple(value or ()) if SPECS[name].array else value for name, value in values.items()})
 
 
 def valid_frame_name(name: str) -> str:
@@ -417,6 +411,8 @@ def validate(name: str, value, current) -> str:
         return ("output_frame places the world in the robot's TF tree (output_frame -> world_frame) and "
                 "the camera's pose comes from that tree: set tf_mode to 'none'")
     if name == "cameras" and value is not None:
+        if not isinstance(value, (list, tuple)):
+            return f"cameras must be a list of names such as [front, rear], got {value!r}"
         names = list(value)
         bad = [n for n in names if not isinstance(n, str) or not _CAMERA_NAME.fullmatch(n)]
         if bad:
