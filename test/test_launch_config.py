@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -95,13 +96,35 @@ def test_unknown_names_are_the_command_line_ones_that_reach_the_file(argv, confi
     assert _launch_module().unknown_arguments(context, {"input_size", "image_topic", "rviz"}) == unknown
 
 
+def test_a_bare_params_file_name_is_one_of_the_package_configs(tmp_path, monkeypatch):
+    from launch import LaunchContext
+
+    monkeypatch.setenv("AMENT_PREFIX_PATH", tool_env()["AMENT_PREFIX_PATH"])  # the installed package
+    module, context = _launch_module(), LaunchContext()
+    shipped = Path(module._params_file("two_cameras.yaml", context))
+    assert shipped.name == "two_cameras.yaml" and shipped.parent.name == "config" and shipped.is_file()
+    cameras = yaml.safe_load(shipped.read_text())["/**/" + module.NODE_NAME]["ros__parameters"]["cameras"]
+    assert cameras == ["front", "rear"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two_cameras.yaml").write_text("{}")  # a file of that name here wins
+    assert module._params_file("two_cameras.yaml", context) == "two_cameras.yaml"
+    assert module._params_file(str(tmp_path / "mine.yaml"), context) == str(tmp_path / "mine.yaml")
+
+
 @pytest.mark.parametrize("text, default, value", [
     ("160", 512, 160), ("true", False, True), ("Off", True, False), ("5", 1.0, 5.0), ("2.5e-1", 1.0, 0.25),
-    ("cpu", "auto", "cpu"), ("42", "", "42"),
+    ("cpu", "auto", "cpu"), ("42", "", "42"), ("[front,rear]", (), ["front", "rear"]), ("[ a ]", (), ["a"]),
+    ("[]", (), []),
 ])
 def test_parameter_arguments_take_the_parameter_type(text, default, value):
     converted = _launch_module().parameter_value("name", text, default)
-    assert converted == value and type(converted) is type(default)
+    assert converted == value and type(converted) is (list if isinstance(default, tuple) else type(default))
+
+
+@pytest.mark.parametrize("text", ["front,rear", "[front,,rear]", "[front"])
+def test_a_list_argument_must_be_a_list_of_names(text):
+    with pytest.raises(ValueError, match="is not a list of names"):
+        _launch_module().parameter_value("cameras", text, ())
 
 
 def _rviz_plugins() -> dict[str, set[str]]:
