@@ -87,18 +87,19 @@ def test_frames_of_one_size_go_through_the_fixed_shape_stages_as_one_batch(run):
 
 
 def test_views_asking_for_other_outputs_share_the_batch_and_get_their_own():
-    """Human3R.step_views over two sequences with other options each (extra outputs, TTT3R,
-    first view or not), one frame: each view's outputs are what a step of it alone gives."""
+    """Human3R.step_views over two sequences with other frames and options each (extra
+    outputs, TTT3R, first view or not): each view's outputs are what a step of it alone gives."""
     fx = load_fixture(RECORDINGS[0])
     model = build_model(fx)
-    view = fx["views"][0]
+    frames = [fx["views"][k] for k in (0, 1)]
     state, mem = model.initial_state()
-    later = model.step(view["img"], view["img_mhmr"], state, mem, first=True)  # a carried state
+    carried = model.step(frames[0]["img"], frames[0]["img_mhmr"], state, mem, first=True)
     views = [ViewInputs(state, mem, first=True, extra_outputs=EXTRA_OUTPUTS),
-             ViewInputs(later["state_new"], later["mem_new"], first=False, ttt3r=True)]
-    together = model.step_views(view["img"].expand(2, -1, -1, -1), view["img_mhmr"].expand(2, -1, -1, -1), views)
-    for inputs, out in zip(views, together):
-        own = model.step(view["img"], view["img_mhmr"], inputs.state, inputs.mem, first=inputs.first,
+             ViewInputs(carried["state_new"], carried["mem_new"], first=False, ttt3r=True)]
+    together = model.step_views(torch.cat([f["img"] for f in frames]), torch.cat([f["img_mhmr"] for f in frames]),
+                                views)
+    for frame, inputs, out in zip(frames, views, together):
+        own = model.step(frame["img"], frame["img_mhmr"], inputs.state, inputs.mem, first=inputs.first,
                          ttt3r=inputs.ttt3r, extra_outputs=inputs.extra_outputs)
         assert out.keys() == own.keys()
         for key in own:
