@@ -204,7 +204,7 @@ class Human3R(nn.Module):
 
     def _segment(self, tokens: torch.Tensor) -> torch.Tensor:
         r, p = self.cfg.bb_token_res, self.cfg.bb_patch_size
-        msk = squeezed_sigmoid(self.downstream_head.mlp_msk(tokens).float())  # [1, T, p*p]
+        msk = squeezed_sigmoid(self.downstream_head.mlp_msk(tokens).float())  # [B, T, p*p]
         msk = F.pixel_shuffle(msk.transpose(1, 2).unflatten(2, (r, r)), p)
         return msk.permute(0, 2, 3, 1)
 
@@ -361,16 +361,16 @@ class Human3R(nn.Module):
         # Cached constants are looked up outside the compiled stages: a graph would guard on
         # (and recompile for) the cache's contents.
         bb_tokens = self._backbone_tokens(self._backbone_input(img_mhmr), self._backbone_pos_embed())
-        outs, pose_tokens, hooks = [], [], []
+        outs, pose_tokens, decoded = [], [], []
         for i, view in enumerate(views):
-            out, pose_token, view_hooks = self._decode_view(feat[i : i + 1], bb_tokens[i : i + 1], view, grid, H, W)
+            out, pose_token, tokens = self._decode_view(feat[i : i + 1], bb_tokens[i : i + 1], view, grid, H, W)
             outs.append(out)
             pose_tokens.append(pose_token)
-            hooks.append(view_hooks)
+            decoded.append(tokens)
         pose_token = torch.cat(pose_tokens)  # [B, C]
         # Image-token copies: their shapes and strides do not follow the number of people, so a
         # compiled _dense_heads is not specialised (recompiled) per count.
-        image_tokens = [feat] + [torch.cat(level) for level in zip(*hooks)]
+        image_tokens = [feat] + [torch.cat(level) for level in zip(*decoded)]
         for extra in dict.fromkeys(view.extra_outputs for view in views):
             index = [i for i, view in enumerate(views) if view.extra_outputs == extra]
             pick = (lambda t: t) if len(index) == B else (lambda t: t[index])  # noqa: E731
@@ -380,7 +380,7 @@ class Human3R(nn.Module):
         pose_raw = self.downstream_head.pose_head(pose_token)
         pose = camera_pose(pose_raw.float())
         msk = self._segment(bb_tokens) if cfg.msk_head else None
-        for i, (out, view) in enumerate(zip(outs, views)):
+        for i, out in enumerate(outs):
             out["camera_pose"] = pose[i : i + 1]
             if msk is not None:
                 out["msk"] = msk[i : i + 1]
