@@ -106,6 +106,19 @@ def test_views_asking_for_other_outputs_share_the_batch_and_get_their_own():
             torch.testing.assert_close(out[key], own[key], **CLOSE, msg=lambda m: f"{key}: {m}")
 
 
+def test_cameras_must_share_one_model_and_appear_once():
+    fx = load_fixture(RECORDINGS[0])
+    model, other = build_model(fx), build_model(fx)
+    frame = fx["preprocess"]["raw_frames_uint8"][0].numpy()
+    engine = Human3REngine(model, EngineConfig(size=fx["config"]["demo_size"]))
+    with pytest.raises(ValueError, match="share one model"):
+        step_together([engine, Human3REngine(other, engine.config)], [frame, frame])
+    with pytest.raises(ValueError, match="appears twice"):
+        step_together([engine, engine], [frame, frame])
+    with pytest.raises(ValueError, match="2 engines, 1 frames"):
+        step_together([engine, Human3REngine(model, engine.config)], [frame])
+
+
 def assert_same(a, b, where="result"):
     """Equal values, field by field (timings aside)."""
     if dataclasses.is_dataclass(a):
