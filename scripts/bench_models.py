@@ -63,3 +63,25 @@ def matmul_rate(dtype: torch.dtype, device: str = "cpu", n: int = 4096, repeats:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best
+
+
+def tiny_config():
+    """A tiny Human3R (the reference fixtures' architecture: 128-d CroCo, 2 encoder and 4
+    decoder blocks, 96 state tokens, DINOv2 ViT-S/14 at 280 px) for runs that need no speed
+    of the real model, at a 160-px model input (``TINY_SIZE``)."""
+    from h3r_ros.model import Human3RConfig
+
+    return Human3RConfig.from_kwargs(dict(state_size=96, enc_embed_dim=128, enc_depth=2, enc_num_heads=4,
+                                          dec_embed_dim=128, dec_depth=4, dec_num_heads=4, backbone="dinov2_vits14",
+                                          mhmr_img_res=280))
+
+
+TINY_SIZE = 160
+
+
+def camera_frames(cameras: int, width: int):
+    """One random 16:9 RGB uint8 frame per camera, ``width`` px wide (the model input's long side)."""
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    return [gen.integers(0, 256, (width * 9 // 16, width, 3), dtype=np.uint8) for _ in range(cameras)]

@@ -17,15 +17,21 @@ Rows:
 - speed: 672S and 896L with random weights and 2-3 forced detections, float32 (TF32, as the
   official code runs) and bfloat16, eager and compiled: FPS of the whole engine step (RGB
   uint8 frame in -> host results out), median and p90 over the timed frames, and the peak
-  device memory (with --device cpu: the process's peak RSS). Past --budget seconds the
-  remaining speed rows are reported as skipped, not run.
+  device memory (with --device cpu: the process's peak RSS);
+- cameras: 672S serving 2 and 4 cameras with one model (each camera its own world, random
+  frames), eager, per dtype: the frames batched in one round (``step_together``) and one camera
+  after the other (``Human3REngine.step`` each): aggregate FPS, median round time, peak device
+  memory.
+Past --budget seconds the remaining speed and cameras rows are reported as skipped, not run.
 Without a CUDA device (and no --device given) it says so and exits 0. The test suite drives
-``speed_rows`` and ``table`` on CPU with the fixtures' tiny model.
+``speed_rows``, ``camera_rows`` and ``table`` on CPU with the fixtures' tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
 import sys
 import time
@@ -166,26 +172,51 @@ def speed_label(name: str, dtype: str, compiled: bool) -> str:
     return f"speed {name} {dtype} {'compiled' if compiled else 'eager'}"
 
 
+def _bench_models():
+    """scripts/bench_models.py, imported when first needed (it imports torch and the package)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_models
+
+    return bench_models
+
+
+def _peak_memory_reset(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: str) -> str:
+    """Peak device memory since ``_peak_memory_reset``; on CPU there is no per-run allocator
+    peak: the process's peak RSS stands in."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB device"
+    return f"peak {_bench_models().peak_rss_gib():.2f} GiB RSS"
+
+
+def _random_model(cfg, dtype: str, device: str, humans: int):
+    """A released architecture with random weights and ``humans`` forced detections per frame."""
+    import torch
+
+    _peak_memory_reset(device)
+    model = _bench_models().random_model(cfg, getattr(torch, dtype), device)
+    _bench_models().force_detections(model, humans)
+    return model
+
+
 def speed_row(name: str, cfg, dtype: str, compiled: bool, device: str, frames: int, warmup: int, humans: int,
               size: int = 512):
     """One configuration, random weights, on a 16:9 frame of ``size`` px width (the model input)."""
-    import numpy as np
-    import torch
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_models import force_detections, peak_rss_gib, random_model
-
     from h3r_ros.engine.engine import EngineConfig, Human3REngine
 
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    model = random_model(cfg, getattr(torch, dtype), device)
-    force_detections(model, humans)
+    model = _random_model(cfg, dtype, device, humans)
     engine = Human3REngine(model, EngineConfig(size=size, device=device, dtype=dtype, compile=compiled,
                                                reset_interval=0))
-    rgb = np.random.default_rng(0).integers(0, 256, (size * 9 // 16, size, 3), dtype=np.uint8)
+    (rgb,) = _bench_models().camera_frames(1, size)
     warm = engine.warm_up(rgb.shape[1], rgb.shape[0], frames=warmup)  # as the node does at configure
     seconds = []
     for _ in range(frames):
@@ -194,29 +225,74 @@ def speed_row(name: str, cfg, dtype: str, compiled: bool, device: str, frames: i
         seconds.append(time.perf_counter() - start)
     fps = sorted(1.0 / s for s in seconds)
     median, p90 = statistics.median(fps), fps[int(0.1 * (len(fps) - 1))]  # p90 of frame time = p10 of FPS
-    # On CPU there is no per-run allocator peak: the process's peak RSS stands in.
-    memory, where = (torch.cuda.max_memory_allocated(device) / 2**30, "device") if cuda else (peak_rss_gib(), "RSS")
-    del engine, model
     return (speed_label(name, dtype, compiled),
             f"{median:.2f} FPS median, {p90:.2f} FPS at p90 frame time, {len(result.people)} people, "
-            f"peak {memory:.2f} GiB {where}, warm-up {warm:.0f} s", "info")
+            f"{_peak_memory(device)}, warm-up {warm:.0f} s", "info")
+
+
+def camera_label(name: str, dtype: str, cameras: int, batched: bool) -> str:
+    return f"cameras {name} {dtype} x{cameras} {'batched' if batched else 'one after another'}"
+
+
+def camera_row(name: str, cfg, dtype: str, cameras: int, batched: bool, device: str, frames: int, warmup: int,
+               humans: int, size: int = 512):
+    """``cameras`` engines over one model, one random 16:9 frame of ``size`` px width each per
+    round: all in one ``step_together`` round (batched), or stepped one after the other."""
+    from h3r_ros.engine.engine import EngineConfig, Human3REngine
+    from h3r_ros.engine.multi_camera import step_together
+
+    model = _random_model(cfg, dtype, device, humans)
+    engines = [Human3REngine(model, EngineConfig(size=size, device=device, dtype=dtype, reset_interval=0))
+               for _ in range(cameras)]
+    rgbs = _bench_models().camera_frames(cameras, size)
+
+    def serve():
+        return step_together(engines, rgbs) if batched else [e.step(rgb) for e, rgb in zip(engines, rgbs)]
+
+    for _ in range(warmup):
+        serve()
+    seconds = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        results = serve()  # each result ends with its host copy: the round is complete
+        seconds.append(time.perf_counter() - start)
+    people = "/".join(str(n) for n in sorted({len(r.people) for r in results}))
+    return (camera_label(name, dtype, cameras, batched),
+            f"{cameras * frames / sum(seconds):.2f} FPS aggregate, {1e3 * statistics.median(seconds):.0f} ms per "
+            f"round median, {people} people per frame, {_peak_memory(device)}", "info")
+
+
+def _budgeted(jobs, started: float, budget: float):
+    """Run (label, job) pairs one at a time, each job making its row; once ``budget`` seconds
+    have passed since ``started`` (time.monotonic) the rest are skipped."""
+    for label, job in jobs:
+        if time.monotonic() - started > budget:
+            yield label, f"skipped: past the {budget:.0f} s budget", "SKIP"
+            continue
+        try:
+            yield job()
+        except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
+            yield label, f"{type(exc).__name__}: {exc}"[:200], "FAIL"
 
 
 def speed_rows(models, dtypes, compiles, device: str, frames: int, warmup: int, humans: int, started: float,
                budget: float):
     """Rows for every (name, config, size) in ``models`` x dtype x compile, one at a time; once
     ``budget`` seconds have passed since ``started`` (time.monotonic) the rest are skipped."""
-    for name, cfg, size in models:
-        for dtype in dtypes:
-            for compiled in compiles:
-                label = speed_label(name, dtype, compiled)
-                if time.monotonic() - started > budget:
-                    yield label, f"skipped: past the {budget:.0f} s budget", "SKIP"
-                    continue
-                try:
-                    yield speed_row(name, cfg, dtype, compiled, device, frames, warmup, humans, size)
-                except Exception as exc:  # noqa: BLE001 - one failing configuration must not hide the others
-                    yield label, f"{type(exc).__name__}: {exc}"[:200], "FAIL"
+    return _budgeted(((speed_label(name, dtype, compiled),
+                       functools.partial(speed_row, name, cfg, dtype, compiled, device, frames, warmup, humans, size))
+                      for name, cfg, size in models for dtype in dtypes for compiled in compiles), started, budget)
+
+
+def camera_rows(models, dtypes, counts, device: str, frames: int, warmup: int, humans: int, started: float,
+                budget: float):
+    """Rows for every (name, config, size) in ``models`` x dtype x camera count, batched then one
+    after another, within the budget as ``speed_rows``."""
+    return _budgeted(((camera_label(name, dtype, n, batched),
+                       functools.partial(camera_row, name, cfg, dtype, n, batched, device, frames, warmup, humans,
+                                         size))
+                      for name, cfg, size in models for dtype in dtypes for n in counts for batched in (True, False)),
+                     started, budget)
 
 
 def table(rows, seconds: float) -> str:
@@ -237,7 +313,9 @@ def main() -> int:
     parser.add_argument("--compile", choices=("off", "on", "both"), default="both")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per speed row")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--humans", type=int, default=2, help="forced detections in the speed rows")
+    parser.add_argument("--humans", type=int, default=2, help="forced detections in the speed and cameras rows")
+    parser.add_argument("--camera-variants", nargs="*", default=["672S"], help="models of the cameras rows")
+    parser.add_argument("--cameras", type=int, nargs="*", default=[2, 4], help="camera counts of the cameras rows")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later speed rows are skipped past it")
     args = parser.parse_args()
     if args.assets is not None:
@@ -269,8 +347,12 @@ def main() -> int:
     from h3r_ros.model import Human3RConfig
 
     models = [(variant, Human3RConfig.variant(variant), 512) for variant in args.variants]
-    for row in speed_rows(models, args.dtypes, compiles, device, args.frames, args.warmup, args.humans, started,
-                          args.budget):
+    camera_models = [(variant, Human3RConfig.variant(variant), 512) for variant in args.camera_variants]
+    for row in itertools.chain(
+        speed_rows(models, args.dtypes, compiles, device, args.frames, args.warmup, args.humans, started, args.budget),
+        camera_rows(camera_models, args.dtypes, args.cameras, device, args.frames, args.warmup, args.humans, started,
+                    args.budget),
+    ):
         rows.append(row)
         print(*row, sep=" | ", flush=True)
     print("\n" + table(rows, time.monotonic() - started))

@@ -24,6 +24,9 @@ _spec.loader.exec_module(gpu_check)
 SPEED_VALUE = re.compile(r"(?P<median>\S+) FPS median, (?P<p90>\S+) FPS at p90 frame time, (?P<people>\d+) people, "
                          r"peak (?P<peak>\S+) GiB RSS, warm-up (?P<warm>\S+) s")
 
+CAMERA_VALUE = re.compile(r"(?P<fps>\S+) FPS aggregate, (?P<round>\S+) ms per round median, (?P<people>[\d/]+) "
+                          r"people per frame, peak (?P<peak>\S+) GiB RSS")
+
 
 def parse_table(text: str) -> list[tuple[str, str, str]]:
     """(check, verdict, value) per row of the printed table, read back by its columns."""
@@ -63,6 +66,23 @@ def test_speed_rows_are_measured_until_the_budget_is_spent_then_skipped(tiny):
     assert int(figures["people"]) == 2  # the forced detections reach the host results
 
 
+def test_camera_rows_serve_every_camera_batched_and_one_after_another(tiny):
+    rows = gpu_check.camera_rows([tiny], ["float32"], [2], "cpu", frames=1, warmup=0, humans=2,
+                                 started=time.monotonic(), budget=600.0)
+    table = parse_table(gpu_check.table(list(rows), 0.0))
+
+    assert [(check, verdict) for check, verdict, _ in table] == [
+        ("cameras tiny float32 x2 batched", "info"), ("cameras tiny float32 x2 one after another", "info")]
+    for _, _, value in table:
+        figures = CAMERA_VALUE.fullmatch(value)
+        assert figures, value
+        fps, round_ms, peak = (float(figures[k]) for k in ("fps", "round", "peak"))
+        assert all(math.isfinite(x) and x > 0 for x in (fps, round_ms, peak)), value
+        assert figures["people"] == "2"  # each camera's frame reaches its host results with its people
+        # One timed round of two frames: the aggregate rate counts both cameras' frames.
+        assert fps == pytest.approx(2 / (round_ms / 1e3), rel=0.02), value
+
+
 def test_parity_rows_fail_where_the_recording_differs(tmp_path):
     """The script's own comparisons (the engine parity tests cover the engine): two frames of
     the base fixture with its recorded K and one track id altered."""
@@ -91,7 +111,8 @@ def test_without_cuda_it_says_so_and_succeeds():
 
 
 def test_a_missing_fixture_is_reported_as_skipped():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--parity", "not_a_fixture", "--variants"],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--parity", "not_a_fixture", "--variants",
+                           "--camera-variants"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     table = parse_table(done.stdout.split("\n\n")[-1].strip())

@@ -17,11 +17,11 @@ import numpy as np
 import roma
 import torch
 
-from ..model.human3r import EXTRA_OUTPUTS
+from ..model.human3r import EXTRA_OUTPUTS, ViewInputs
 from .body_model import BodyModel, human3r_to_smplx_pose
 from .point_selection import PointSelection, select_on_device, selected_on_host
 from .geometry import PoseChain, estimate_focal, intrinsics, pose_encoding_to_c2w, principal_point, transform_points
-from .preprocess import pad_image, resize_and_crop, to_model_input, unpad_image, unpad_uv
+from .preprocess import CropGeometry, pad_image, resize_and_crop, to_model_input, unpad_image, unpad_uv
 from .result import FrameResult, Person
 from .tracking import Tracker
 
@@ -116,6 +116,19 @@ class _View:
     reset: bool
 
 
+@dataclass
+class _Frame:
+    """A frame between its pre-processing and its model call."""
+
+    timer: _Timer
+    cropped: np.ndarray
+    crop: CropGeometry
+    img: torch.Tensor  # [1, 3, H, W] model input
+    img_mhmr: torch.Tensor  # [1, 3, R, R] human-branch input
+    new_world: bool
+    auto_reset: bool  # the frame ends a segment: an overlap copy of it starts the next
+
+
 class _Timer:
     def __init__(self, device: torch.device, sync: bool):
         self._sync = sync and device.type == "cuda"
@@ -129,6 +142,10 @@ class _Timer:
         now = time.perf_counter()
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last
         self._last = now
+
+    def idle(self) -> None:
+        """Time until now (spent on other cameras' frames) counts in no stage, only in total."""
+        self._last = time.perf_counter()
 
     def finish(self) -> dict[str, float]:
         self.laps["total"] = self._last - self.start
@@ -236,23 +253,33 @@ class Human3REngine:
     @torch.inference_mode()
     def step(self, rgb: np.ndarray, stamp: object = None) -> FrameResult:
         """Process one RGB uint8 frame (H, W, 3) of any size; ``stamp`` is passed through."""
+        frame = self._prepare(rgb)
+        view = self._run_view(frame.img, frame.img_mhmr, frame.auto_reset, self.config.extra_outputs)
+        frame.timer.lap("model")
+        return self._complete(frame, view, stamp)
+
+    def _prepare(self, rgb: np.ndarray) -> _Frame:
         cfg = self.config
         timer = _Timer(self.device, cfg.sync_timings)
-
         cropped, crop = resize_and_crop(rgb, cfg.size)
         img = to_model_input(cropped, self.device)
         img_mhmr = pad_image(img, self._mhmr_res).to(self.dtype)
         img = img.to(self.dtype)
         timer.lap("preprocess")
-
         new_world = self._frames_in_world == 0
         auto_reset = cfg.reset_interval > 0 and (self._frames_in_world + 1) % cfg.reset_interval == 0
-        view = self._run_view(img, img_mhmr, auto_reset, cfg.extra_outputs)
+        return _Frame(timer, cropped, crop, img, img_mhmr, new_world, auto_reset)
+
+    def _complete(self, frame: _Frame, view: _View, stamp: object) -> FrameResult:
+        """The rest of a step after the frame's own model call: the overlap view, if any, then
+        post-processing, the host copy, tracking and the result."""
+        cfg, timer = self.config, frame.timer
+        timer.idle()
         # The overlap copy starts the new segment; only its tracker update is kept.
-        overlap = self._run_view(img, img_mhmr, False, frozenset()) if auto_reset else None
+        overlap = self._run_view(frame.img, frame.img_mhmr, False, frozenset()) if frame.auto_reset else None
         timer.lap("model")
 
-        tensors = self._postprocess(view, crop.input_size)
+        tensors = self._postprocess(view, frame.crop.input_size)
         tensors["tokens"] = view.out["human_tokens"][0].float()
         if overlap is not None:
             tensors["overlap_tokens"] = overlap.out["human_tokens"][0].float()
@@ -267,17 +294,18 @@ class Human3REngine:
             self._tracker.update(torch.tensor(host["overlap_tokens"]))
         timer.lap("tracking")
 
+        crop = frame.crop
         result = FrameResult(
             index=self._frame_index,
             stamp=stamp,
-            reset=new_world,
+            reset=frame.new_world,
             cam_to_world=host["cam_to_world"].astype(np.float64),
             K=host["K"].astype(np.float64),
             input_size=crop.input_size,
             crop_box=crop.crop_box,
             scale=crop.scale,
             resized_size=crop.resized_size,
-            rgb=cropped,
+            rgb=frame.cropped,
             points_cam=host.get("points_cam"),
             points_world=host.get("points_world"),
             conf=host.get("conf"),
@@ -291,20 +319,30 @@ class Human3REngine:
         result.timings = timer.finish()
         return result
 
+    def _view_inputs(self, extra_outputs: frozenset[str]) -> ViewInputs:
+        """The carried state and this engine's options for its next model call."""
+        cfg = self.config
+        first = self._views_in_world == 0 or self._prev_reset
+        return ViewInputs(self._state, self._mem, first, cfg.ttt3r, extra_outputs, cfg.max_humans, cfg.det_threshold)
+
     def _run_view(self, img, img_mhmr, reset: bool, extra_outputs: frozenset[str]) -> _View:
         """One model call and the recurrent update of spec §4.2."""
-        first = self._views_in_world == 0 or self._prev_reset
+        inputs = self._view_inputs(extra_outputs)
         out = self.model.step(
             img,
             img_mhmr,
-            self._state,
-            self._mem,
-            first=first,
-            ttt3r=self.config.ttt3r,
+            inputs.state,
+            inputs.mem,
+            first=inputs.first,
+            ttt3r=inputs.ttt3r,
             extra_outputs=extra_outputs,
-            max_humans=self.config.max_humans,
-            det_threshold=self.config.det_threshold,
+            max_humans=inputs.max_humans,
+            det_threshold=inputs.det_threshold,
         )
+        return self._advance(out, inputs.first, reset)
+
+    def _advance(self, out: dict[str, torch.Tensor], first: bool, reset: bool) -> _View:
+        """Carry the outputs of a view computed from ``_view_inputs`` into the state (spec §4.2)."""
         # The state is carried in float32 whatever the model dtype, so the per-token blend
         # does not accumulate bf16 rounding over a long sequence.
         if self.config.ttt3r and not first:

@@ -7,7 +7,7 @@ The model does not blend the state, track identities or run SMPL-X: the engine d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from .rope import RopeTable, rope_table
 EXTRA_OUTPUTS = frozenset({"pts3d_in_other_view", "conf", "rgb"})
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# Intermediate tensors a step returns only with debug=True (to compare with the reference).
+_DEBUG_ONLY = ("classif_logit", "offset", "fused_smpl_token", "new_state_feat", "dec_img_final",
+               "pose_retriever_read", "ttt3r_state_gate_sigmoid")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,20 @@ class _GridConstants:
     rope_enc: RopeTable  # patches, encoder head size
     rope_image_i: RopeTable  # [pose token; patches], image-decoder head size
     rope_image_s: RopeTable  # [pose token; patches], state-decoder head size
+
+
+@dataclass(frozen=True)
+class ViewInputs:
+    """One view of a batched step: its sequence's carried state and its options (see
+    ``Human3R.step`` for each field)."""
+
+    state: torch.Tensor
+    mem: torch.Tensor
+    first: bool
+    ttt3r: bool = False
+    extra_outputs: FrozenSet[str] = frozenset()
+    max_humans: Optional[int] = None
+    det_threshold: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class Human3R(nn.Module):
         self.dec_norm_state = layer_norm(dec)
         self.downstream_head = Human3RHead(cfg)
         self._constants: Dict[tuple, object] = {}
+        self._compiled = False
 
     @property
     def device(self) -> torch.device:
@@ -186,7 +204,7 @@ class Human3R(nn.Module):
 
     def _segment(self, tokens: torch.Tensor) -> torch.Tensor:
         r, p = self.cfg.bb_token_res, self.cfg.bb_patch_size
-        msk = squeezed_sigmoid(self.downstream_head.mlp_msk(tokens).float())  # [1, T, p*p]
+        msk = squeezed_sigmoid(self.downstream_head.mlp_msk(tokens).float())  # [B, T, p*p]
         msk = F.pixel_shuffle(msk.transpose(1, 2).unflatten(2, (r, r)), p)
         return msk.permute(0, 2, 3, 1)
 
@@ -269,7 +287,11 @@ class Human3R(nn.Module):
         """``torch.compile`` the stages whose shapes only depend on the input size: the CroCo
         encoder, the DINOv2 backbone and the dense heads (most of a step's work). The decoder
         is left eager: its token count follows the number of detected people. Each stage is
-        compiled on its first call and again for a new input size; state-dict names are kept."""
+        compiled on its first call and again for a new input size or batch size (``step_views``);
+        state-dict names are kept. Several engines may share one model: a second call is a no-op."""
+        if self._compiled:
+            return
+        self._compiled = True
         for name in ("_encode", "_backbone_tokens", "_dense_heads"):
             setattr(self, name, torch.compile(getattr(self, name), dynamic=False, **options))
 
@@ -301,16 +323,33 @@ class Human3R(nn.Module):
         Returns the outputs described in the package contract; ``state_new``/``mem_new`` are
         not blended (the caller applies the update rule and resets).
         """
+        if img.shape[0] != 1:
+            raise ValueError(f"batch size must be 1, got {img.shape[0]}")
+        view = ViewInputs(state, mem, first, ttt3r, frozenset(extra_outputs), max_humans, det_threshold)
+        return self.step_views(img, img_mhmr, [view], debug=debug)[0]
+
+    @torch.inference_mode()
+    def step_views(
+        self, img: torch.Tensor, img_mhmr: torch.Tensor, views: Sequence[ViewInputs], *, debug: bool = False
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Process B views of one input size, each in its own recurrent sequence (``views[i]``
+        carries sequence i's state and options); returns what ``step`` returns, per view.
+
+        The stages whose shapes follow only the input size run as one batch: the CroCo encoder,
+        DINOv2 and its mask head, the dense heads (per group of views asking for the same extra
+        outputs) and the pose head. Detection, the decoder (its token count follows the number
+        of people), the SMPL-X heads and the pose memory run per view.
+        """
         cfg = self.cfg
-        extra_outputs = frozenset(extra_outputs)
-        unknown = extra_outputs - EXTRA_OUTPUTS
-        if unknown:
-            raise ValueError(f"unknown extra outputs {sorted(unknown)}; known: {sorted(EXTRA_OUTPUTS)}")
-        if "rgb" in extra_outputs and not cfg.rgb_head:
-            raise ValueError("'rgb' requested but this model has no rgb head")
         B, _, H, W = img.shape
-        if B != 1:
-            raise ValueError(f"batch size must be 1, got {B}")
+        if B == 0 or B != len(views) or img_mhmr.shape[0] != B:
+            raise ValueError(f"{len(views)} views for images of batch {B} and {img_mhmr.shape[0]}")
+        for view in views:
+            unknown = view.extra_outputs - EXTRA_OUTPUTS
+            if unknown:
+                raise ValueError(f"unknown extra outputs {sorted(unknown)}; known: {sorted(EXTRA_OUTPUTS)}")
+            if "rgb" in view.extra_outputs and not cfg.rgb_head:
+                raise ValueError("'rgb' requested but this model has no rgb head")
         if H % cfg.patch_size or W % cfg.patch_size:
             raise ValueError(f"image size {H}x{W} is not a multiple of {cfg.patch_size}")
         if tuple(img_mhmr.shape[-2:]) != (cfg.mhmr_img_res, cfg.mhmr_img_res):
@@ -322,52 +361,73 @@ class Human3R(nn.Module):
         # Cached constants are looked up outside the compiled stages: a graph would guard on
         # (and recompile for) the cache's contents.
         bb_tokens = self._backbone_tokens(self._backbone_input(img_mhmr), self._backbone_pos_embed())
-        threshold = cfg.det_threshold if det_threshold is None else det_threshold
-        det = self._detect(bb_tokens, max_humans, threshold)
+        outs, pose_tokens, decoded = [], [], []
+        for i, view in enumerate(views):
+            out, pose_token, tokens = self._decode_view(feat[i : i + 1], bb_tokens[i : i + 1], view, grid, H, W)
+            outs.append(out)
+            pose_tokens.append(pose_token)
+            decoded.append(tokens)
+        pose_token = torch.cat(pose_tokens)  # [B, C]
+        # Image-token copies: their shapes and strides do not follow the number of people, so a
+        # compiled _dense_heads is not specialised (recompiled) per count.
+        image_tokens = [feat] + [torch.cat(level) for level in zip(*decoded)]
+        for extra in dict.fromkeys(view.extra_outputs for view in views):
+            index = [i for i, view in enumerate(views) if view.extra_outputs == extra]
+            pick = (lambda t: t) if len(index) == B else (lambda t: t[index])  # noqa: E731
+            dense = self._dense_heads([pick(t) for t in image_tokens], pick(pose_token), grid, h, w, extra)
+            for row, i in enumerate(index):
+                outs[i].update({key: value[row : row + 1] for key, value in dense.items()})
+        pose_raw = self.downstream_head.pose_head(pose_token)
+        pose = camera_pose(pose_raw.float())
+        msk = self._segment(bb_tokens) if cfg.msk_head else None
+        for i, out in enumerate(outs):
+            out["camera_pose"] = pose[i : i + 1]
+            if msk is not None:
+                out["msk"] = msk[i : i + 1]
+            if debug:
+                out.update(enc_feat=feat[i : i + 1], mhmr_feat=bb_tokens[i : i + 1], pose_head_raw=pose_raw[i : i + 1])
+            else:
+                for key in _DEBUG_ONLY:
+                    out.pop(key, None)
+        return outs
+
+    def _decode_view(
+        self, feat: torch.Tensor, bb_tokens: torch.Tensor, view: ViewInputs, grid: _GridConstants, H: int, W: int
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, List[torch.Tensor]]:
+        """The per-view part of a step (one view: feat [1, N, C], bb_tokens [1, T, C]): its
+        outputs, its refined pose token [1, C] and its decoder image tokens for the dense heads
+        (layers 6, 9 and 12 at the released depth, pose and human tokens dropped)."""
+        cfg = self.cfg
+        threshold = cfg.det_threshold if view.det_threshold is None else view.det_threshold
+        det = self._detect(bb_tokens, view.max_humans, threshold)
         humans, human_index = self._human_tokens(feat, det, H, W)
 
         feat_mean = feat.mean(dim=1, keepdim=True)
-        read = self._pose_query(feat_mean, mem.to(self.dtype), first)
-        pose_query = self.pose_token if first else read[..., -cfg.dec_embed_dim :]
+        read = self._pose_query(feat_mean, view.mem.to(self.dtype), view.first)
+        pose_query = self.pose_token if view.first else read[..., -cfg.dec_embed_dim :]
         state_new, dec_final, hooks, mean_logit = self._decode(
-            state, feat, pose_query, humans, human_index, grid, ttt3r
+            view.state, feat, pose_query, humans, human_index, grid, view.ttt3r
         )
         pose_token = dec_final[:, 0:1]
-        human_tokens = dec_final[:, 1 + h * w :]
-
-        # Image-token copies: their shapes and strides do not follow the number of people, so a
-        # compiled _dense_heads is not specialised (recompiled) per count.
-        n_img = h * w
-        image_tokens = [feat] + [t[:, 1 : 1 + n_img].clone(memory_format=torch.contiguous_format)
-                                 for t in (*hooks, dec_final)]
-        out = self._dense_heads(image_tokens, pose_token[:, 0], grid, h, w, extra_outputs)
-        pose_raw = self.downstream_head.pose_head(pose_token[:, 0])
-        out["camera_pose"] = camera_pose(pose_raw.float())
-        if cfg.msk_head:
-            out["msk"] = self._segment(bb_tokens)
-        out["smpl_scores"] = det.scores
-        out["smpl_det_scores"] = det.cell_scores[None]
-        out["smpl_loc"] = det.loc[None]
-        out.update(self.downstream_head.smpl(human_tokens, det.tokens[None]))
-        out["human_tokens"] = human_tokens.float()
-        out["state_new"] = state_new
-        out["mem_new"] = self._update_memory(mem, feat_mean, pose_token)
-        if ttt3r:
-            out["ttt3r_gate"] = torch.sigmoid(mean_logit.float())
-
-        if debug:
-            out.update(
-                enc_feat=feat,
-                mhmr_feat=bb_tokens,
-                classif_logit=det.logits,
-                offset=det.offset,
-                fused_smpl_token=humans,
-                new_state_feat=state_new,
-                dec_img_final=dec_final,
-                pose_head_raw=pose_raw,
-            )
-            if not first:
-                out["pose_retriever_read"] = read
-            if ttt3r:
-                out["ttt3r_state_gate_sigmoid"] = out["ttt3r_gate"]
-        return out
+        human_tokens = dec_final[:, 1 + feat.shape[1] :]
+        out = {
+            "smpl_scores": det.scores,
+            "smpl_det_scores": det.cell_scores[None],
+            "smpl_loc": det.loc[None],
+            **self.downstream_head.smpl(human_tokens, det.tokens[None]),
+            "human_tokens": human_tokens.float(),
+            "state_new": state_new,
+            "mem_new": self._update_memory(view.mem, feat_mean, pose_token),
+            # debug outputs (dropped by step_views unless asked for)
+            "classif_logit": det.logits,
+            "offset": det.offset,
+            "fused_smpl_token": humans,
+            "new_state_feat": state_new,
+            "dec_img_final": dec_final,
+        }
+        if not view.first:
+            out["pose_retriever_read"] = read
+        if view.ttt3r:
+            out["ttt3r_gate"] = out["ttt3r_state_gate_sigmoid"] = torch.sigmoid(mean_logit.float())
+        n_img = feat.shape[1]
+        return out, pose_token[:, 0], [t[:, 1 : 1 + n_img] for t in (*hooks, dec_final)]
