@@ -115,3 +115,30 @@ def test_diagnostics_report_each_camera(rig):
         assert int(values["processed frames (total)"]) > 0 and values["lifecycle state"] == "active"
         assert values["TF"] == f"publishing world_{name} -> {name}_optical"
         assert np.isfinite(float(values["processed rate (Hz)"]))
+
+
+def test_cameras_waiting_together_are_stepped_as_one_batch(rig):
+    """Two cameras' frames of one size in one round go through the encoder as one batch."""
+    front, rear = (c.processor.engine for c in rig.node.cameras)
+    batches, busy = [], []
+    hook = front.model.get_submodule("enc_blocks.0").register_forward_hook(
+        lambda _module, args, _out: batches.append(args[0].shape[0]))
+    step = front.step
+
+    def slow_step(rgb, stamp):  # keeps the round busy while both cameras' next frames arrive
+        busy.append(stamp)
+        time.sleep(1.0)
+        return step(rgb, stamp)
+
+    front.step = slow_step
+    try:
+        first = rig.send("front", 0, wait=False)
+        assert wait_until(lambda: busy, STEP_TIMEOUT)
+        pair = rig.send("front", 1, wait=False), rig.send("rear", 1, wait=False)
+        rig.humans["front"].wait_stamp(first, STEP_TIMEOUT)
+        for name, stamp in zip(NAMES, pair):
+            rig.humans[name].wait_stamp(stamp, STEP_TIMEOUT)
+    finally:
+        del front.step
+        hook.remove()
+    assert 2 in batches and len(busy) == 1  # the pair went through step_together, not front.step

@@ -14,6 +14,7 @@ from typing import Callable
 
 from sensor_msgs.msg import CameraInfo
 
+from h3r_ros.engine.multi_camera import step_together
 from h3r_ros.ros.diagnostics import NodeStats
 from h3r_ros.ros.frame_processor import FrameProcessor
 from h3r_ros.ros.image_decoding import check_compressed, check_image
@@ -61,13 +62,17 @@ class Camera:
         self.outputs = self.processor = None
 
 
-def step_one_by_one(engines, frames, stamps) -> list:
-    """Each camera's engine step in turn (the reference for any batched stepping)."""
-    return [engine.step(frame, stamp) for engine, frame, stamp in zip(engines, frames, stamps)]
+def step_round(engines, frames, stamps) -> list:
+    """A round's engine steps: a camera alone steps as usual; several together, their frames of
+    one model-input size batched through the model's fixed-shape stages (each camera's result
+    is what its own step would give)."""
+    if len(engines) == 1:
+        return [engines[0].step(frames[0], stamps[0])]
+    return step_together(engines, frames, stamps)
 
 
 def process_round(cameras: list[Camera], items: dict, on_error: Callable[[Camera, BaseException], None],
-                  step: Callable = step_one_by_one) -> list[Camera]:
+                  step: Callable = step_round) -> list[Camera]:
     """One inference round: the newest message of every camera in ``items`` (name -> message),
     prepared per camera, stepped by ``step(engines, frames, stamps)`` (all at once where it can),
     published per camera. An exception is ``on_error``'s for the cameras it concerns (a failed
