@@ -5,7 +5,8 @@ tree (``odom -> base_link -> front_optical``, ``base_link -> rear_optical``) rea
 - one node process serves both cameras, each with its own outputs under its name, in odom;
 - the top-level ``humans`` is the fused array in odom, whose people come from both cameras;
 - a camera at 10 Hz and one at 1 Hz are both served;
-- a bad image and a reset on the rear camera leave the front camera's outputs as they were.
+- a bad image and a reset on the rear camera leave the front camera's outputs as they were;
+- the REP-155 bodies are the fused people.
 """
 
 import math
@@ -39,7 +40,7 @@ TREE = [
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    require_modules(*LAUNCH_TOOLS, "tf2_ros")  # here, not at import (see test_first_contact)
+    require_modules(*LAUNCH_TOOLS, "tf2_ros", "hri_msgs.msg")  # here, not at import (see test_first_contact)
     from builtin_interfaces.msg import Time
     from tf2_ros import StaticTransformBroadcaster
 
@@ -47,7 +48,8 @@ def launched(tmp_path_factory):
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": tiny_assets().parameters(
         track_timeout=60.0, output_frame_timeout=1.0, tf_mode="none")}}))
-    arguments = f"namespace:={NAMESPACE} params_file:={shlex.quote(str(params))} cameras:=[front,rear] output_frame:={ODOM}"
+    arguments = (f"namespace:={NAMESPACE} params_file:={shlex.quote(str(params))} cameras:=[front,rear] "
+                 f"output_frame:={ODOM} publish_hri_bodies:=true")
     env = user_env(tmp)
     shell = Shell(f"{ACTIVATE}\nexec ros2 launch h3r_ros human3r.launch.py {arguments}", env, tmp / "launch.log")
     ros = RosHarness()
@@ -63,10 +65,13 @@ def launched(tmp_path_factory):
 
 class Cameras:
     def __init__(self, ros):
+        from hri_msgs.msg import IdsList  # not at import: the fixture checked it is there
+
         self.ros = ros
         self.images = {n: ros.probe.create_publisher(Image, f"/{NAMESPACE}/{n}/image", 10) for n in ("front", "rear")}
         self.humans = {n: ros.collect(HumanArray, f"/{NAMESPACE}/{n}/humans") for n in ("front", "rear")}
         self.fused = ros.collect(HumanArray, f"/{NAMESPACE}/humans")
+        self.bodies = ros.collect(IdsList, "/humans/bodies/tracked")
         self.diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
         assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in self.images.values())
                           and self.fused.matched() and all(c.matched() for c in self.humans.values()), 60.0)
@@ -116,6 +121,12 @@ def test_two_cameras_in_one_launched_node_fused_in_odom(launched):
     for h in people:
         assert len(h.source_cameras) == len(h.source_track_ids) >= 1
         assert all(math.isfinite(v) for v in (h.head.x, h.head.y, h.head.z))
+    # REP-155 follows the fused ids (one body per person, whatever the cameras that see them).
+    by_stamp = {stamp_key(m.header.stamp): m for m in fused}
+    tracked = [m for m in cams.bodies.messages if stamp_key(m.header.stamp) in by_stamp]
+    assert tracked and all(
+        sorted(m.ids) == sorted(f"b{h.track_id}" for h in by_stamp[stamp_key(m.header.stamp)].humans
+                                if h.track_state in (Human.TRACK_NEW, Human.TRACK_TRACKED)) for m in tracked)
     # The rear camera sees behind the robot, the front one ahead: in odom, the base is at x = 2.
     ahead = {h.source_cameras[0]: h.head.x > 2.0 for h in people if len(h.source_cameras) == 1}
     assert ahead.get("front", True) and not ahead.get("rear", False)
