@@ -58,6 +58,7 @@ class TwoCameras:
 def rig():
     rig = TwoCameras()
     yield rig
+    rig.node.trigger_shutdown()  # joins the round in progress before the node is destroyed
     rig.ros.close()
 
 

@@ -424,7 +424,7 @@ def test_executable_stays_unconfigured_when_autostart_fails_and_exits_when_final
     assert "does not exist" in text and "Traceback" not in text, text
 
 
-PADDED_LOAD = 8.0  # s added to the node's load (configure) in the tests below
+PADDED_LOAD = 10.0  # s added to the node's load (configure) in the tests below
 ANSWER_TIME = 1.0  # s within which the node must answer while it loads
 
 
@@ -468,6 +468,10 @@ def test_the_executable_answers_while_it_loads_then_activates(ros, tmp_path):
     param_client = ros.probe.create_client(GetParameters, f"/{name}/get_parameters")
     try:
         assert state_client.wait_for_service(timeout_sec=60.0) and param_client.wait_for_service(timeout_sec=30.0)
+        # A request sent before the server has matched this client is lost: once each client is
+        # matched (a resent request answered), every answer is timed.
+        for client, request in ((state_client, GetState.Request()), (param_client, GetParameters.Request())):
+            assert wait_until(lambda: _timed(client, request)[0] is not None, 30.0, period=0.0), log.read_text()
         answers = []
         while len(answers) < 20:
             state, seconds = _timed(state_client, GetState.Request())
