@@ -184,7 +184,7 @@ def main() -> int:
     from h3r_ros.ros.image_decoding import check_image, decode_image
 
     # Publishing needs no model (the faces are only used for meshes, off by default).
-    node_module.load_engine = lambda settings: LoadedEngine(
+    node_module.load_engine = lambda settings, progress=None: LoadedEngine(
         engine=SimpleNamespace(tracks=0), faces=np.zeros((0, 3), np.int64), device=torch.device("cpu"),
         precision=Precision("float32", "benchmark"), description="benchmark: no model"
     )
