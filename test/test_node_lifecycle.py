@@ -17,7 +17,7 @@ from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import RosHarness, image_msg, stamp_of, tiny_assets, wait_until
+from ros_helpers import RosHarness, image_msg, stamp_key, stamp_of, tiny_assets, wait_until
 from sensor_msgs.msg import Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -686,9 +686,16 @@ def test_rep155_bodies_tracked_position_velocity_and_frames(ros):
     try:
         assert wait_until(lambda: images.get_subscription_count() > 0 and humans.matched() and tracked.matched()
                           and tf.matched(), 30.0)
-        first_stamp = ros.probe.get_clock().now().to_msg()
-        images.publish(image_msg(tiny_assets().frames[0], first_stamp))
-        first = humans.wait_stamp(first_stamp, 120.0)
+        # Matched as seen from the publisher does not mean the node has matched it yet: resend
+        # (new stamps) until a frame comes through.
+        deadline, first = time.monotonic() + 120.0, None
+        while first is None and time.monotonic() < deadline:
+            first_stamp = ros.probe.get_clock().now().to_msg()
+            images.publish(image_msg(tiny_assets().frames[0], first_stamp))
+            if wait_until(lambda: any(stamp_key(m.header.stamp) == stamp_key(first_stamp) for m in humans.messages),
+                          5.0):
+                first = humans.wait_stamp(first_stamp)
+        assert first is not None, "timed out on /humans"
         assert first.humans, "the calibrated tiny model should detect people"
         ids = tracked.wait_stamp(first_stamp).ids
         assert ids == [f"b{h.track_id}" for h in first.humans]
