@@ -83,12 +83,6 @@ class FrameProcessor:
         self.engine.reset()
         self._outputs.reset()
 
-    def process(self, msg) -> None:
-        """One frame on its own: prepare, engine step, finish."""
-        prepared = self.prepare(msg)
-        if prepared is not None:
-            self.finish(prepared, self.engine.step(prepared.rgb, msg.header.stamp))
-
     def prepare(self, msg) -> Prepared | None:
         """Decode and rectify ``msg`` and set the engine's output flags for it; None when the
         frame is skipped (stale) or dropped (bad input, counted)."""
@@ -130,7 +124,7 @@ class FrameProcessor:
             return
         nonfinite = result.nonfinite()
         if nonfinite:
-            self._drop_non_finite(nonfinite, self.engine)
+            self._drop_non_finite(nonfinite)
             return
         msg, rgb = prepared.msg, prepared.rgb
         start = time.perf_counter()
@@ -146,12 +140,12 @@ class FrameProcessor:
         self.focal = (float(result.K[0, 0]), math.nan if matrix is None else float(matrix[0, 0] * result.scale))
         self._sizes = (f"{rgb.shape[1]} x {rgb.shape[0]}", f"{result.input_size[1]} x {result.input_size[0]}")
 
-    def _drop_non_finite(self, stage: str, engine) -> None:
+    def _drop_non_finite(self, stage: str) -> None:
         """A NaN or Inf (a bf16 overflow, a bad weight) must not reach /tf or a planner: the
         frame publishes nothing. A world whose camera pose or recurrent state went non-finite
         cannot recover (every later pose builds on it): it starts again."""
         self._stats.non_finite(stage)
-        restart = stage == "camera pose" or not engine.state_is_finite()
+        restart = stage == "camera pose" or not self.engine.state_is_finite()
         if restart:
             self.reset()
         self._node.get_logger().warning(

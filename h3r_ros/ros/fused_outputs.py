@@ -10,9 +10,7 @@ body interface under the fused ids (``publish_hri_bodies``).
 
 from __future__ import annotations
 
-import math
 import threading
-import time
 from dataclasses import replace
 
 from std_msgs.msg import Header
@@ -22,8 +20,8 @@ from h3r_ros.engine.fusion import Fusion
 from h3r_ros.engine.track_motion import LOST
 from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, hri_bodies
-from h3r_ros.ros.markers import TrackMarkers
-from h3r_ros.ros.outputs import EVENT_QOS, MARKER_LIFETIME_PERIODS, MARKER_LIFETIME_RANGE, TF_QOS, TFMessage
+from h3r_ros.ros.markers import MarkerLifetime, TrackMarkers
+from h3r_ros.ros.outputs import EVENT_QOS, TF_QOS, TFMessage
 
 
 class FusedOutputs:
@@ -38,7 +36,7 @@ class FusedOutputs:
         self._marker_pub = node.create_lifecycle_publisher(MarkerArray, "markers", EVENT_QOS)
         self._tf = None if TFMessage is None else node.create_lifecycle_publisher(TFMessage, "/tf", TF_QOS)
         self._hri = hri_bodies.HriBodies(node) if settings.publish_hri_bodies else None
-        self._last_round = -math.inf
+        self._lifetime = MarkerLifetime()
 
     def publish(self, views, stamp, settings) -> None:
         """The fused people of one round: ``views`` are the cameras' ``fusion_view``s (camera
@@ -48,6 +46,7 @@ class FusedOutputs:
         with self._lock:
             if self._closed:
                 return
+            self._lifetime.tick()
             self._fusion.timeout = settings.track_timeout
             alive, ended = self._fusion.update(views)
             now = max(view.stamp for view in views)
@@ -59,7 +58,7 @@ class FusedOutputs:
             people = [replace(t.info.payload, track_id=t.info.track_id) for t in seen]
             if settings.publish_markers and self._marker_pub.get_subscription_count() > 0:
                 lost = [t.info.track_id for t in alive if t.info.state == LOST]
-                self._marker_pub.publish(self._markers.update(header, people, None, self._lifetime(), keep=lost))
+                self._marker_pub.publish(self._markers.update(header, people, None, self._lifetime.seconds(), keep=lost))
             prefix = hri_bodies.FRAME_PREFIX if self._hri is not None else settings.body_frame_prefix
             if self._tf is not None and (self._hri is not None or settings.publish_body_tf):
                 transforms = [conversions.transform_msg(conversions.body_to_world(p), self._frame,
@@ -69,13 +68,6 @@ class FusedOutputs:
                     self._tf.publish(TFMessage(transforms=transforms))
             if self._hri is not None:
                 self._hri.publish(header, [t.info for t in seen], [t.info for t in ended])
-
-    def _lifetime(self) -> float:
-        """Markers outlive a few rounds, not the node (as Outputs' own)."""
-        now = time.monotonic()
-        period, self._last_round = now - self._last_round, now
-        low, high = MARKER_LIFETIME_RANGE
-        return min(max(MARKER_LIFETIME_PERIODS * period, low), high) if math.isfinite(period) else low
 
     def close(self) -> None:
         with self._lock:

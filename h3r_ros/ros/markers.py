@@ -14,6 +14,8 @@ until their lifetime runs out.
 from __future__ import annotations
 
 import colorsys
+import math
+import time
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -91,6 +93,32 @@ def mesh_marker(header: Header, track_id: int, vertices: np.ndarray, faces: np.n
     mesh.points = _points(vertices[faces.reshape(-1)])
     mesh.lifetime = _duration(lifetime)
     return mesh
+
+
+LIFETIME_PERIODS = 3.0  # marker lifetime in publication periods
+LIFETIME_RANGE = (0.5, 30.0)  # s
+
+
+class MarkerLifetime:
+    """A few publication periods (smoothed): markers outlive the gap to the next publication,
+    not the node."""
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+        self._period: float | None = None
+
+    def tick(self) -> None:
+        """A publication now."""
+        now = time.monotonic()
+        if math.isfinite(self._last):
+            period = now - self._last
+            self._period = period if self._period is None else 0.8 * self._period + 0.2 * period
+        self._last = now
+
+    def seconds(self) -> float:
+        low, high = LIFETIME_RANGE
+        period = self._period if self._period is not None else low
+        return min(max(LIFETIME_PERIODS * period, low), high)
 
 
 class TrackMarkers:

@@ -199,7 +199,7 @@ class Human3RNode(LifecycleNode):
         problems += parameters.check_settings(settings)
         parameters.declare_cameras(self, settings)
         cameras = parameters.read_cameras(self, settings)
-        problems += parameters.camera_problems(cameras, settings.world_frame)
+        problems += parameters.camera_problems(cameras)
         if problems:
             self._report_error("configure failed: invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE

@@ -42,7 +42,6 @@ class OutputFrame:
         self._static = node.create_publisher(TFMessage, "/tf_static", _STATIC_QOS)
         self.anchored = False
         self.error = ""  # why the last lookup failed
-        self.problem = ""  # why the anchor is not published ('' when it is)
 
     def reset(self) -> None:
         """A new world: anchor it again at its first image."""
@@ -61,8 +60,8 @@ class OutputFrame:
         out_from_cam = conversions.transform_matrix(msg.transform)
         out_from_world = out_from_cam @ conversions.invert_transform(np.asarray(result.cam_to_world, np.float64))
         if not self.anchored:
-            self.problem = anchor_problem(world_frame, self.frame, self._tree.parents())
-            if not self.problem:
+            # Not where the tree already holds world_frame (Outputs says so).
+            if not anchor_problem(world_frame, self.frame, self._tree.parents()):
                 self._tree.publishing(self.frame, world_frame)
                 self._static.publish(TFMessage(transforms=[
                     conversions.transform_msg(out_from_world, self.frame, world_frame, stamp)]))

@@ -35,7 +35,7 @@ from h3r_ros.msg import HumanArray
 from h3r_ros.ros import conversions, hri_bodies
 from h3r_ros.ros.diagnostics import NO_TRANSFORM
 from h3r_ros.ros.map_accumulator import VoxelMap
-from h3r_ros.ros.markers import TrackMarkers
+from h3r_ros.ros.markers import MarkerLifetime, TrackMarkers
 from h3r_ros.ros.output_frame import OutputFrame, OutputFrameUnavailable
 from h3r_ros.ros.tf_tree import TfPlan, TfTree, anchor_problem, plan_tf
 
@@ -45,8 +45,6 @@ except ImportError:  # ROS 2 from PyPI wheels alone has no tf2: the node runs wi
     TFMessage = None
 
 FALLBACK_CAMERA_FRAME = "camera_optical_frame"  # when neither the parameter nor the header names one
-MARKER_LIFETIME_PERIODS = 3.0  # marker lifetime in inference periods
-MARKER_LIFETIME_RANGE = (0.5, 30.0)  # s
 WARN_PERIOD = 60.0  # s between repeated warnings about a missing frame id
 TF_WARN_PERIOD = 5.0  # s between repeated warnings about a missing output_frame transform
 
@@ -139,8 +137,7 @@ class Outputs:
         self._last_map_publish = -math.inf
         self._map_subscribers = 0  # subscribers of map_cloud when it was last looked at
         self._last_mesh = -math.inf
-        self._last_publish = -math.inf
-        self._frame_period: float | None = None  # smoothed s between published frames
+        self._lifetime = MarkerLifetime()
 
     def sizes(self) -> dict[str, int]:
         """Sizes of the structures that grow with the run, each with a bound."""
@@ -214,7 +211,7 @@ class Outputs:
         out = self._pubs
         stamp = image_header.stamp
         self.fusion_view = None
-        self._note_frame()
+        self._lifetime.tick()
         camera_frame = settings.camera_frame or image_header.frame_id
         if not camera_frame:
             camera_frame = FALLBACK_CAMERA_FRAME
@@ -277,7 +274,8 @@ class Outputs:
         world anchored under the tree instead where the camera already has a parent."""
         if self._tree is None or "tf" not in self._pubs:
             return []
-        plan = plan_tf(settings.tf_mode, settings.world_frame, camera_frame, self._tree.parents())
+        parents = self._tree.parents()
+        plan = plan_tf(settings.tf_mode, settings.world_frame, camera_frame, parents)
         if plan.anchor:
             if self._anchor is None or self._anchor.frame != plan.anchor:
                 self._close_anchor()
@@ -289,7 +287,7 @@ class Outputs:
                     f"{camera_frame} at the image stamp ({self._anchor.error})", throttle_duration_sec=TF_WARN_PERIOD)
         else:
             self._close_anchor()
-        self._report_plan(plan, settings.world_frame)
+        self._report_plan(plan, settings.world_frame, parents)
         if plan.edge is None:
             return []
         self._tree.publishing(*plan.edge)
@@ -301,10 +299,10 @@ class Outputs:
             self._anchor.close()
             self._anchor = None
 
-    def _report_plan(self, plan: TfPlan, world_frame: str) -> None:
+    def _report_plan(self, plan: TfPlan, world_frame: str, parents: dict[str, str]) -> None:
         """Say once (log and /diagnostics) what the node does with TF, and why."""
         frame = self._output_frame
-        problem = "" if frame is None else anchor_problem(world_frame, frame.frame, self._tree.parents())
+        problem = "" if frame is None else anchor_problem(world_frame, frame.frame, parents)
         status = problem or plan.describe()
         if plan != self._plan or status != self.tf_status:
             log = self._node.get_logger()
@@ -332,13 +330,6 @@ class Outputs:
                          people=[person.transformed(from_world) for person in result.people])
         return placed, from_world
 
-    def _note_frame(self) -> None:
-        now = time.monotonic()
-        if math.isfinite(self._last_publish):
-            period = now - self._last_publish
-            self._frame_period = period if self._frame_period is None else 0.8 * self._frame_period + 0.2 * period
-        self._last_publish = now
-
     def _update_tracks(self, result, placed, out_from_world, settings, now: float):
         """Track states for this frame: (alive tracks, ended tracks, ids of the tracks that
         timed out now, which the engine still holds; a reset has emptied it already). Each
@@ -357,18 +348,12 @@ class Outputs:
 
     def _publish_markers(self, result, world: Header, settings, wanted: Wanted, lost: list[int]) -> None:
         faces = self._faces if wanted.mesh else None
-        lifetime = self._marker_lifetime()
+        lifetime = self._lifetime.seconds()
         mesh_lifetime = lifetime + 2.0 * settings.mesh_publish_period
         self._pubs["markers"].publish(
             self._markers.update(world, result.people, faces, lifetime, mesh_lifetime, keep=lost))
         if wanted.mesh:
             self._last_mesh = time.monotonic()
-
-    def _marker_lifetime(self) -> float:
-        """A few inference periods: markers outlive the gap to the next frame, not the node."""
-        low, high = MARKER_LIFETIME_RANGE
-        period = self._frame_period if self._frame_period is not None else low
-        return min(max(MARKER_LIFETIME_PERIODS * period, low), high)
 
     def _publish_points(self, result, world: Header, settings, wanted: Wanted) -> None:
         if wanted.cloud and "cloud" in result.selections:

@@ -313,7 +313,7 @@ def read_cameras(node, settings: Settings) -> list[CameraSettings]:
             for name in settings.cameras]
 
 
-def camera_problems(cameras: list[CameraSettings], world_frame: str) -> list[str]:
+def camera_problems(cameras: list[CameraSettings]) -> list[str]:
     """What configure refuses in the cameras' parameters."""
     problems = []
     for camera in cameras:
